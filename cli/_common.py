@@ -1,0 +1,44 @@
+"""Shared CLI plumbing: one place that turns library errors into a message and exit code 1."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print expected errors as one line (set FEATSTORE_DEBUG=1 for the traceback)."""
+    from featstore.errors import FeatstoreError
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (FeatstoreError, KeyError) as e:
+            if os.environ.get("FEATSTORE_DEBUG"):
+                raise
+            fail(str(e).strip("'\""))
+        except KeyboardInterrupt:
+            typer.echo("interrupted; committed chunks are kept, run the same command to resume.",
+                       err=True)  # fmt: skip
+            sys.exit(130)
+
+    return wrapper

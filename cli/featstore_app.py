@@ -1,0 +1,191 @@
+"""`featstore`: run frozen teachers once and manage the cache entries they write."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ._common import handle_errors, human_bytes
+
+app = typer.Typer(
+    help="Stage one: run each frozen teacher once over a source into chunked Zarr v3 entries.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+StoreOpt = typer.Option(
+    None, "--store", help="Store directory [default: $FEATSTORE_DIR or ~/.cache/featstore]."
+)
+
+
+def _store(path: Path | None):
+    from featstore.store import Store
+
+    return Store(path)
+
+
+@app.command()
+@handle_errors
+def extract(
+    teacher: str = typer.Option(
+        ..., "--teacher", "-t", help="Teacher name (see `featstore teachers`)."
+    ),
+    source: Path = typer.Option(
+        ..., "--source", "-s", help="HDF5 file, image folder or text list."
+    ),
+    source_kind: str = typer.Option(
+        None, help="Force the source reader: nsd-images, image-folder, text-list."
+    ),
+    ids: Path = typer.Option(
+        None, "--ids", help="Keep only these ids (.npy, .json list or one per line)."
+    ),
+    row_range: str = typer.Option(
+        None, "--range", help="Keep rows START:STOP of the source (after --ids)."
+    ),
+    store: Path = StoreOpt,
+    weights: str = typer.Option(
+        "pretrained", help="pretrained (default), random, or a checkpoint path."
+    ),
+    output: list[str] = typer.Option(
+        None, "--output", "-o", help="Output kind(s) to store [default: the teacher's first]."
+    ),
+    preprocessing: str = typer.Option(
+        None, help="Image preprocessing: standard or mindeye (bigG)."
+    ),
+    dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b"),
+    num_workers: int = typer.Option(None, help="DataLoader workers [default: min(4, cores-1)]."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option(
+        "auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, fp16, bf16."
+    ),
+    chunk_rows: int = typer.Option(None, help="Rows per chunk [default: ~32 MiB chunks]."),
+    compression: str = typer.Option("none", help="none (zero-copy reads), lz4 or zstd (archive)."),
+    id_field: str = typer.Option("id", help="Id field of JSONL/CSV/JSON-object text lists."),
+    text_field: str = typer.Option("text", help="Text field of JSONL/CSV/JSON-object text lists."),
+    seed: int = typer.Option(0, help="Seed for --weights random."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Extract a teacher's outputs over a source (a no-op if the entry is complete; resumes if not)."""  # noqa: E501
+    from featstore.extract import extract as run_extract
+    from featstore.sources import open_source
+    from featstore.teachers import create_teacher, get_spec
+
+    spec = get_spec(teacher)  # unknown names fail before anything is loaded
+    options = {"id_field": id_field, "text_field": text_field} if spec.modality == "text" else {}
+    src = open_source(source, kind=source_kind, ids=ids, row_range=row_range, **options)
+    teacher_options = {"weights": weights, "seed": seed}
+    if preprocessing:
+        teacher_options["preprocessing"] = preprocessing
+    model = create_teacher(teacher, **teacher_options)
+    st = _store(store)
+    result = run_extract(
+        model, src, st, outputs=output or None, dtype=dtype, batch_size=batch_size,
+        num_workers=num_workers, device=device, precision=precision, chunk_rows=chunk_rows,
+        compression=compression, progress=not quiet, log=typer.echo,
+    )  # fmt: skip
+    for e in result.entries:
+        typer.echo(f"{e.status:>9}  {e.key}  {teacher}/{e.output}  n={e.n_rows}  {e.path}")
+
+
+@app.command("ls")
+@handle_errors
+def list_entries(store: Path = StoreOpt) -> None:
+    """List the entries in the store."""
+    st = _store(store)
+    entries = st.entries()
+    if not entries:
+        typer.echo(f"no entries in {st.root}")
+        return
+    header = ("KEY", "TEACHER", "OUTPUT", "SOURCE", "N", "SHAPE", "DTYPE", "SIZE", "COMPLETE")
+    rows = []
+    for e in entries:
+        m = e.manifest
+        shape = ("T", *m["row_shape"]) if m["layout"] == "ragged" else m["row_shape"]
+        src = m.get("source", {})
+        rows.append((
+            e.key, m.get("teacher", "?"), m.get("output", "?"),
+            f"{src.get('kind', '?')}:{Path(src.get('path', '?')).name}", str(m["n_rows"]),
+            "[" + ",".join(map(str, shape)) + "]", m["dtype"], human_bytes(e.size_bytes()),
+            "yes" if e.complete else "no",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    typer.echo(f"{len(entries)} entries in {st.root}")
+
+
+@app.command()
+@handle_errors
+def info(key: str = typer.Argument(..., help="Key, unique key prefix, or entry path."),
+         store: Path = StoreOpt) -> None:  # fmt: skip
+    """Show an entry's manifest: key inputs, shapes, provenance."""
+    entry = _store(store).resolve(key)
+    m = dict(entry.manifest)
+    checksums = m.pop("checksums", [])
+    m["checksums"] = f"{len(checksums)} chunk checksums (CRC32)"
+    m["size"] = human_bytes(entry.size_bytes())
+    m["path"] = str(entry.path)
+    typer.echo(json.dumps(m, indent=2, default=str))
+
+
+@app.command()
+@handle_errors
+def verify(key: str = typer.Argument(..., help="Key, unique key prefix, or entry path."),
+           store: Path = StoreOpt) -> None:  # fmt: skip
+    """Recompute every chunk checksum; name the bad chunks and exit 1 if any."""
+    from featstore.errors import CorruptChunkError
+    from featstore.reader import Entry
+
+    entry = Entry(_store(store).resolve(key).path, verify=False)
+    bad = entry.verify_all()
+    n = len(entry.manifest["checksums"])
+    if bad:
+        for message in bad:
+            typer.secho(message, fg=typer.colors.RED, err=True)
+        raise CorruptChunkError(f"{len(bad)} of {n} chunks of {entry.key} are corrupt.")
+    typer.echo(f"ok: all {n} chunks of {entry.key} match their checksums.")
+
+
+@app.command()
+@handle_errors
+def rm(keys: list[str] = typer.Argument(..., help="Keys, unique key prefixes, or entry paths."),
+       store: Path = StoreOpt) -> None:  # fmt: skip
+    """Remove entries (waits for no one: a locked entry is an error)."""
+    st = _store(store)
+    for key in keys:
+        entry = st.remove(key)
+        typer.echo(
+            f"removed {entry.key} ({entry.manifest.get('teacher')}/{entry.manifest.get('output')})"
+        )
+
+
+@app.command()
+@handle_errors
+def teachers() -> None:
+    """List the registered teachers and their output shapes."""
+    from featstore.teachers import list_teachers, teacher_outputs
+
+    for spec in list_teachers():
+        outs = ", ".join(f"{k} {v.describe()}" for k, v in teacher_outputs(spec.name).items())
+        typer.echo(f"{spec.name:<18} {spec.modality:<6} {outs}")
+        typer.echo(f"{'':<18} {spec.description}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    workdir: Path = typer.Option(Path("featstore-demo"), help="Where the demo data and store go."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Run stage one end to end on a small embedded dataset with tiny random-weight teachers."""
+    from featstore.demo import run_demo
+
+    run_demo(workdir, progress=not quiet, log=typer.echo)
+
+
+if __name__ == "__main__":
+    app()

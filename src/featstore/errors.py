@@ -1,0 +1,29 @@
+"""Errors raised by featstore.
+
+Every error a user can cause is a ``FeatstoreError``: its message says what is wrong and how to fix
+it. The CLI prints the message and exits non-zero; library code never exits.
+"""
+
+
+class FeatstoreError(Exception):
+    """Base class: a problem with the user's input, store or environment."""
+
+
+class UnknownTeacherError(FeatstoreError):
+    pass
+
+
+class SourceError(FeatstoreError):
+    """The source (HDF5, image folder, text list) is missing, malformed or inconsistent."""
+
+
+class StoreError(FeatstoreError):
+    """The store root or an entry is missing, unwritable or inconsistent."""
+
+
+class EntryLockedError(StoreError):
+    pass
+
+
+class CorruptChunkError(StoreError):
+    """A chunk's bytes do not match the checksum recorded when it was committed."""

@@ -1,0 +1,354 @@
+"""Reading cache entries for training: zero-copy memory maps over raw Zarr chunk files.
+
+zarr-python costs milliseconds per request (see docs/benchmarks.md), far too slow for random
+batches of rows. An uncompressed Zarr v3 chunk (codecs ``[bytes little-endian]``, regular grid,
+default ``/`` chunk keys, chunks spanning whole rows) is exactly the C-order bytes of its rows,
+so ``RawRows`` maps those files with ``np.memmap``. Anything else goes through zarr-python.
+
+Each commit unit's CRC32 is checked the first time a process touches it; a mismatch raises
+``CorruptChunkError`` naming the chunk. Readers are safe in DataLoader workers: maps are opened
+lazily per process and never pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .errors import CorruptChunkError, StoreError
+from .store import Store, read_manifest
+
+_RAW_DTYPES = {
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64",
+}  # fmt: skip
+
+
+def raw_layout_reason(meta: dict[str, Any]) -> str | None:
+    """Why an array's chunk files are *not* raw row-major bytes, or None if they are."""
+    codecs = meta.get("codecs", [])
+    dtype = meta.get("data_type")
+    if dtype not in _RAW_DTYPES:
+        return f"data type {dtype!r} is not a fixed-size number"
+    if len(codecs) != 1 or codecs[0].get("name") != "bytes":
+        return "chunks are encoded (compressed or filtered)"
+    endian = codecs[0].get("configuration", {}).get("endian", "little")
+    if endian != "little" and np.dtype(dtype).itemsize > 1:
+        return "chunks are big-endian"
+    if meta.get("chunk_grid", {}).get("name") != "regular":
+        return "chunk grid is not regular"
+    cke = meta.get("chunk_key_encoding", {})
+    if cke.get("name") != "default" or cke.get("configuration", {}).get("separator", "/") != "/":
+        return "chunk keys are not the default '/' encoding"
+    if meta.get("storage_transformers"):
+        return "storage transformers are set"
+    shape = meta["shape"]
+    chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    if list(chunks[1:]) != list(shape[1:]):
+        return "chunks do not span whole rows"
+    return None
+
+
+class RawRows:
+    """Rows of a raw Zarr v3 array, read through memory maps of its chunk files."""
+
+    def __init__(self, array_dir: Path, meta: dict[str, Any], max_open: int = 256):
+        self.dir = array_dir
+        self.shape = tuple(meta["shape"])
+        self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        self.chunk_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        self.chunk_shape = (self.chunk_rows, *self.shape[1:])
+        self._suffix = "/".join(["0"] * (len(self.shape) - 1))
+        self._max_open = max_open
+        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = OrderedDict()
+        return state
+
+    def chunk_path(self, chunk: int) -> Path:
+        return self.dir / "c" / (f"{chunk}/{self._suffix}" if self._suffix else str(chunk))
+
+    def _map(self, chunk: int) -> np.memmap:
+        if self._pid != os.getpid():  # forked into a worker: never share the parent's maps
+            self._maps, self._pid = OrderedDict(), os.getpid()
+        mm = self._maps.get(chunk)
+        if mm is not None:
+            self._maps.move_to_end(chunk)
+            return mm
+        path = self.chunk_path(chunk)
+        expected = int(np.prod(self.chunk_shape)) * self.dtype.itemsize
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise CorruptChunkError(f"chunk file {path} is missing.") from None
+        if size != expected:
+            raise CorruptChunkError(
+                f"chunk file {path} has {size} bytes, expected {expected} "
+                f"(truncated or overwritten)."
+            )
+        mm = np.memmap(path, dtype=self.dtype, mode="r", shape=self.chunk_shape)
+        self._maps[chunk] = mm
+        if len(self._maps) > self._max_open:
+            self._maps.popitem(last=False)
+        return mm
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop): a view when they lie in one chunk, else a copy."""
+        c0, c1 = start // self.chunk_rows, (max(stop, start + 1) - 1) // self.chunk_rows
+        if c0 == c1:
+            base = c0 * self.chunk_rows
+            return self._map(c0)[start - base : stop - base]
+        parts = []
+        for c in range(c0, c1 + 1):
+            base = c * self.chunk_rows
+            parts.append(
+                self._map(c)[max(start, base) - base : min(stop, base + self.chunk_rows) - base]
+            )
+        return np.concatenate(parts)
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+        cr = self.chunk_rows
+        for j, i in enumerate(indices.tolist()):
+            out[j] = self._map(i // cr)[i % cr]
+        return out
+
+
+class ZarrRows:
+    """The same interface through zarr-python, for compressed or otherwise encoded arrays."""
+
+    def __init__(self, array_dir: Path):
+        self.array = zarr.open_array(str(array_dir), mode="r")
+        self.shape = self.array.shape
+        self.dtype = self.array.dtype
+        self.chunk_rows = self.array.chunks[0]
+
+    def chunk_path(self, chunk: int) -> Path:
+        return Path(str(self.array.store_path)) / "c" / str(chunk)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.array[start:stop]
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        uniq, inverse = np.unique(indices, return_inverse=True)
+        return self.array.get_orthogonal_selection((uniq,))[inverse]
+
+
+def open_rows(array_dir: Path, zero_copy: bool = True) -> RawRows | ZarrRows:
+    meta = json.loads((array_dir / "zarr.json").read_text())
+    if zero_copy and raw_layout_reason(meta) is None:
+        return RawRows(array_dir, meta)
+    return ZarrRows(array_dir)
+
+
+class Entry:
+    """A complete cache entry, opened for reading.
+
+    ``entry[i]`` is row i; ``entry.gather(idx)`` a batch; ``entry.positions(ids)`` maps ids to rows.
+    Ragged entries (``[T_i, ...]`` items) return arrays of varying length; ``gather_padded`` pads.
+    """
+
+    def __init__(self, path: str | os.PathLike, verify: bool = True, zero_copy: bool = True):
+        self.path = Path(path)
+        manifest = read_manifest(self.path)
+        if manifest is None:
+            raise StoreError(f"{self.path} is not a featstore entry.")
+        self.manifest = manifest
+        self.key: str = manifest.get("key", self.path.name)
+        if not manifest.get("complete"):
+            raise StoreError(
+                f"entry {self.key} is incomplete (extraction was interrupted or is running). "
+                f"Run the same `featstore extract` again to resume it."
+            )
+        self.ragged = manifest["layout"] == "ragged"
+        self.chunk_rows: int = manifest["chunk_rows"]
+        self.verify = verify
+        self._checksums: list[str] = manifest["checksums"]
+        self._verified: set[int] = set()
+        self._pid = os.getpid()
+        self._rows = open_rows(self.path / ("values" if self.ragged else "features"), zero_copy)
+        self.zero_copy = isinstance(self._rows, RawRows)
+        self.ids = zarr.open_array(str(self.path / "ids"), mode="r")[:]
+        if self.ids.dtype.kind not in "iu":
+            self.ids = np.asarray(self.ids, dtype=object)
+        self.offsets = (
+            zarr.open_array(str(self.path / "offsets"), mode="r")[:] if self.ragged else None
+        )
+        self._index: dict[Any, int] | None = None
+
+    # -- description ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.manifest["n_rows"])
+
+    def __repr__(self) -> str:
+        shape = ("T", *self.row_shape) if self.ragged else self.row_shape
+        return (
+            f"Entry({self.key}, teacher={self.manifest.get('teacher')}, "
+            f"output={self.manifest.get('output')}, n={len(self)}, row_shape={shape}, "
+            f"dtype={self.dtype}, zero_copy={self.zero_copy})"
+        )
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["row_shape"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.manifest["dtype"])
+
+    # -- integrity ------------------------------------------------------------------------------
+    def _unit_bytes(self, unit: int) -> np.ndarray:
+        start = unit * self.chunk_rows
+        stop = min(start + self.chunk_rows, len(self))
+        if self.ragged:
+            start, stop = int(self.offsets[start]), int(self.offsets[stop])
+        return self._rows.rows(start, stop)
+
+    def check_unit(self, unit: int) -> None:
+        """Recompute one unit's CRC32 and raise ``CorruptChunkError`` if it differs."""
+        try:
+            data = self._unit_bytes(unit)
+        except CorruptChunkError as e:
+            raise CorruptChunkError(f"entry {self.key}: {e} {_FIX}") from None
+        found = f"{zlib.crc32(np.ascontiguousarray(data).data):08x}"
+        if found != self._checksums[unit]:
+            where = self._rows.chunk_path(unit) if not self.ragged else f"values of unit {unit}"
+            raise CorruptChunkError(
+                f"entry {self.key}: chunk {where} is corrupt (CRC32 {found}, recorded "
+                f"{self._checksums[unit]}). {_FIX}"
+            )
+
+    def _touch(self, rows: np.ndarray) -> None:
+        if not self.verify:
+            return
+        if self._pid != os.getpid():
+            self._verified, self._pid = set(), os.getpid()
+        for unit in set((rows // self.chunk_rows).tolist()) - self._verified:
+            self.check_unit(unit)
+            self._verified.add(unit)
+
+    # -- access ---------------------------------------------------------------------------------
+    def _check_rows(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if rows.size and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"row index out of range for entry of {n} rows")
+        return np.where(rows < 0, rows + n, rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        (row,) = self._check_rows(np.array([i]))
+        self._touch(np.array([row]))
+        if self.ragged:
+            return np.array(self._rows.rows(int(self.offsets[row]), int(self.offsets[row + 1])))
+        return np.array(self._rows.take(np.array([row]))[0])
+
+    def gather(self, rows: np.ndarray | list[int]) -> np.ndarray | list[np.ndarray]:
+        """Rows as one ``[B, ...]`` array (fixed), or a list of ``[T_i, ...]`` arrays (ragged)."""
+        rows = self._check_rows(rows)
+        self._touch(rows)
+        if self.ragged:
+            return [
+                np.array(self._rows.rows(int(self.offsets[r]), int(self.offsets[r + 1])))
+                for r in rows.tolist()
+            ]
+        return self._rows.take(rows)
+
+    def lengths(self, rows: np.ndarray | list[int] | None = None) -> np.ndarray:
+        """Item lengths ``T_i`` of a ragged entry."""
+        if not self.ragged:
+            raise StoreError(
+                f"entry {self.key} is not ragged; every row has shape {self.row_shape}"
+            )
+        all_lengths = np.diff(self.offsets)
+        return all_lengths if rows is None else all_lengths[self._check_rows(rows)]
+
+    def gather_padded(
+        self, rows: np.ndarray | list[int], pad_value: float = 0.0, max_length: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A ragged batch as ``(padded [B, T_max, ...], lengths [B])``; ``max_length`` truncates."""
+        items = self.gather(rows)
+        lengths = np.array([len(x) for x in items], dtype=np.int64)
+        if max_length is not None:
+            lengths = np.minimum(lengths, max_length)
+        t = int(lengths.max()) if len(items) else 0
+        out = np.full((len(items), t, *self.row_shape), pad_value, dtype=self.dtype)
+        for j, (x, n) in enumerate(zip(items, lengths.tolist(), strict=True)):
+            out[j, :n] = x[:n]
+        return out, lengths
+
+    def positions(self, ids: list | np.ndarray) -> np.ndarray:
+        """Row position of each id; a clear error lists ids that are not in the entry."""
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self.ids.tolist())}
+        keys = np.asarray(ids).tolist()
+        missing = [k for k in keys if k not in self._index]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} of {len(keys)} ids are not in entry {self.key} "
+                f"(teacher {self.manifest.get('teacher')}); first: {missing[:5]}"
+            )
+        return np.array([self._index[k] for k in keys], dtype=np.int64)
+
+    def by_id(self, item_id: Any) -> np.ndarray:
+        return self[int(self.positions([item_id])[0])]
+
+    def verify_all(self) -> list[str]:
+        """Check every unit; returns one message per bad chunk (empty when all are sound)."""
+        bad = []
+        for unit in range(len(self._checksums)):
+            try:
+                self.check_unit(unit)
+            except CorruptChunkError as e:
+                bad.append(str(e))
+        return bad
+
+    def dataset(self, rows: np.ndarray | None = None) -> FeatureDataset:
+        return FeatureDataset(self, rows)
+
+
+_FIX = "Remove the entry with `featstore rm KEY` and extract it again."
+
+
+class FeatureDataset:
+    """A map-style torch Dataset over an entry's rows (all rows, or the given ones).
+
+    Implements ``__getitems__`` so a DataLoader fetches a whole batch in one gather.
+    """
+
+    def __init__(self, entry: Entry, rows: np.ndarray | None = None):
+        self.entry = entry
+        self.rows = np.arange(len(entry)) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        return torch.from_numpy(self.entry[int(self.rows[i])])
+
+    def __getitems__(self, indices: list[int]):
+        import torch
+
+        batch = self.entry.gather(self.rows[np.asarray(indices)])
+        if self.entry.ragged:
+            return [torch.from_numpy(x) for x in batch]
+        return list(torch.from_numpy(batch).unbind(0))
+
+
+def open_entry(
+    key_or_path: str, store: Store | str | None = None, verify: bool = True, zero_copy: bool = True
+) -> Entry:
+    """Open a complete entry by key, unique key prefix, or path."""
+    store = store if isinstance(store, Store) else Store(store)
+    return Entry(store.resolve(key_or_path).path, verify=verify, zero_copy=zero_copy)

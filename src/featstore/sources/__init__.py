@@ -1,0 +1,57 @@
+"""Source registry: ``open_source(path)`` picks the reader from the path, or ``kind=`` forces it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import SourceError
+from .base import Source, read_ids
+from .image_folder import ImageFolder
+from .nsd import NsdImages
+from .text_list import SUFFIXES as TEXT_SUFFIXES
+from .text_list import TextList
+
+SOURCES: dict[str, Callable[..., Source]] = {
+    "nsd-images": NsdImages,
+    "image-folder": ImageFolder,
+    "text-list": TextList,
+}
+
+
+def detect_kind(path: Path) -> str:
+    if path.is_dir():
+        return "image-folder"
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        return "nsd-images"
+    if suffix in TEXT_SUFFIXES:
+        return "text-list"
+    if not path.exists():
+        raise SourceError(f"source {path} does not exist.")
+    raise SourceError(
+        f"cannot tell what kind of source {path} is; pass --source-kind ({', '.join(SOURCES)})."
+    )
+
+
+def open_source(
+    path: str | os.PathLike,
+    kind: str | None = None,
+    ids: Any = None,
+    row_range: str | None = None,
+    **options: Any,
+) -> Source:
+    """Open a source and optionally select items by id list/file or ``start:stop`` range."""
+    path = Path(path).expanduser()
+    kind = kind or detect_kind(path)
+    if kind not in SOURCES:
+        raise SourceError(f"unknown source kind {kind!r}; known: {', '.join(SOURCES)}")
+    source = SOURCES[kind](path, **options)
+    if ids is not None or row_range is not None:
+        source = source.select(ids=ids, row_range=row_range)
+    return source
+
+
+__all__ = ["SOURCES", "ImageFolder", "NsdImages", "Source", "TextList", "open_source", "read_ids"]
