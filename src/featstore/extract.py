@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import FeatstoreError, SourceError, StoreError
-from .hashing import cache_key
+from .hashing import cache_key, canonical_json
 from .sources.base import Source
 from .store import Store, read_manifest
 from .teachers.base import OutputSpec, Teacher
@@ -272,7 +272,10 @@ def extract(
                 )
                 log(f"{kind}: entry {key} is already complete; nothing to do (cache hit).")
                 continue
-            if manifest is not None and manifest.get("key_inputs") == inputs:
+            same_inputs = manifest is not None and canonical_json(
+                manifest.get("key_inputs")
+            ) == canonical_json(inputs)
+            if same_inputs:
                 writer = EntryWriter(path)
                 writer.clean_partials()
                 status = "resumed"
@@ -397,6 +400,7 @@ def _run(
                 f.result()
         finally:
             bar.close()
+            source.close()
     seconds = time.perf_counter() - started
     prov = _provenance(device, batch_size, precision)
     for kind, writer in writers.items():

@@ -36,6 +36,9 @@ class Source:
     def load(self, i: int) -> Any:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release file handles opened by ``load`` in this process."""
+
     def content_digest(self, memo: DigestMemo | None) -> str:
         raise NotImplementedError
 

@@ -59,6 +59,11 @@ class NsdImages(Source):
             self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
         return self._file[self.dataset]
 
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
     def load(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self._images()[int(self.positions[i])])
 
@@ -68,14 +73,15 @@ class NsdImages(Source):
         if memo is not None and (hit := memo.get(self.path, extra)):
             return hit
         h = hashlib.sha256()
-        images = self._images()
         order = np.sort(self.positions)
-        for start in range(0, len(order), 256):
-            block = order[start : start + 256]
-            lo, hi = int(block[0]), int(block[-1]) + 1
-            contiguous = hi - lo == len(block)  # then one slab read
-            data = images[lo:hi] if contiguous else images[block]
-            h.update(np.ascontiguousarray(data).tobytes())
+        with h5py.File(self.path, "r") as f:  # short-lived: keep no handle in the parent
+            images = f[self.dataset]
+            for start in range(0, len(order), 256):
+                block = order[start : start + 256]
+                lo, hi = int(block[0]), int(block[-1]) + 1
+                contiguous = hi - lo == len(block)  # then one slab read
+                data = images[lo:hi] if contiguous else images[block]
+                h.update(np.ascontiguousarray(data).tobytes())
         digest = h.hexdigest()
         if memo is not None:
             memo.put(self.path, digest, extra)

@@ -1,0 +1,343 @@
+"""Read-path benchmark: random batches of target rows, featstore reader vs the alternatives.
+
+What is measured
+    Samples/s for random batches of ``--batch`` rows (default 8) drawn without replacement from a
+    ``[N, 256, 1664]`` float16 array (bigG token targets, 0.81 MiB per row), read by:
+
+    (a) featstore: ``featstore.reader.Entry(path).gather(rows)`` on an uncompressed entry
+        (memory maps of the raw Zarr v3 chunk files), with ``verify=True`` (the default; every
+        chunk's CRC32 is checked once per process, here before timing) and ``verify=False``;
+    (b) a numpy array in RAM, ``arr[rows]`` (the limit);
+    (c) an h5py contiguous dataset with a fancy index; h5py needs increasing indices, so each
+        batch is sorted first (as MindEye does) and the sort is timed with the read;
+    (d) zarr-python 3 ``get_orthogonal_selection`` on the entry's ``features`` array (reference;
+        only ``--zarr-iters`` batches since it is slow).
+
+    (ref) plain ndarray views of ``np.memmap`` over the same chunk files, no featstore code:
+        the floor under (a), so (ref) - (a) is the reader's own per-batch overhead.
+
+    All readers see the same batches. The page cache is warmed first (every data file is read
+    once) so the numbers are the steady state. The ``--iters`` batches are split into
+    ``--rounds`` short rounds; in each round every reader reads the same slice, in an order that
+    rotates from round to round, so drift in machine speed (a shared VM) hits all readers alike.
+    Reported: each reader's median round, and ratios as the median of per-round (paired) ratios.
+    The one-time first-touch cost (CRC32 of every chunk, ``Entry.verify_all``) is timed
+    separately on a warm page cache.
+
+How to run
+    python bench/read_targets.py                      # N=2048 rows (~1.7 GB per copy)
+    python bench/read_targets.py --rows 512 --iters 500 --workdir /tmp/fsbench
+
+    Data (featstore entry + HDF5 file, ~2x N x 0.81 MiB on disk) goes to ``--workdir``
+    (default ``bench/out/``, git-ignored) and is reused by later runs with the same
+    ``--rows/--seed/--chunk-rows``; ``--clean`` removes it at the end. Results are printed as a
+    markdown table and written to ``<workdir>/read_targets.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import zarr
+
+import featstore  # noqa: F401  (applies featstore's import fix-ups first)
+from featstore.reader import Entry
+from featstore.store import read_manifest
+from featstore.writer import EntryWriter
+
+ROW_SHAPE = (256, 1664)
+DTYPE = "float16"
+ENTRY_NAME = "bench-read-targets"
+H5_DATASET = "targets"
+GOAL_VS_NUMPY = 0.9
+GOAL_VS_H5PY = 2.0
+SORTED_READERS = ("h5py", "zarr")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Random-batch read throughput: featstore reader vs numpy, h5py and zarr.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--rows", type=int, default=2048, help="rows N of the [N,256,1664] fp16 array")
+    p.add_argument("--batch", type=int, default=8, help="rows per random batch")
+    p.add_argument("--iters", type=int, default=6000, help="timed batches per reader")
+    p.add_argument("--rounds", type=int, default=60, help="interleaved rounds the iters split into")
+    p.add_argument("--zarr-iters", type=int, default=20, help="batches for zarr-python (slow)")
+    p.add_argument("--chunk-rows", type=int, default=32, help="rows per Zarr chunk")
+    p.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clean", action="store_true", help="delete the generated data at the end")
+    return p.parse_args(argv)
+
+
+# -- data ---------------------------------------------------------------------------------------
+def unit_data(seed: int, unit: int, rows: int) -> np.ndarray:
+    """Deterministic random rows for one chunk (independent of how many units there are)."""
+    rng = np.random.default_rng([seed, unit])
+    return rng.standard_normal((rows, *ROW_SHAPE), dtype=np.float32).astype(DTYPE)
+
+
+def build_data(args: argparse.Namespace, data_dir: Path) -> tuple[Path, Path, np.ndarray, float]:
+    """Entry + HDF5 file + in-RAM array with identical contents; reused when parameters match."""
+    entry_path = data_dir / "store" / ENTRY_NAME
+    h5_path = data_dir / "targets.h5"
+    params = {"rows": args.rows, "seed": args.seed, "chunk_rows": args.chunk_rows,
+              "row_shape": list(ROW_SHAPE), "dtype": DTYPE}  # fmt: skip
+    params_file = data_dir / "params.json"
+    manifest = read_manifest(entry_path)
+    reuse = (
+        params_file.is_file()
+        and json.loads(params_file.read_text()) == params
+        and manifest is not None
+        and manifest.get("complete")
+        and h5_path.is_file()
+    )
+    t0 = time.perf_counter()
+    if reuse:
+        print(f"reusing data in {data_dir}", flush=True)
+        with h5py.File(h5_path, "r") as f:
+            arr = f[H5_DATASET][:]
+        return entry_path, h5_path, arr, time.perf_counter() - t0
+
+    print(f"building {args.rows} rows x {ROW_SHAPE} {DTYPE} in {data_dir} ...", flush=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    (data_dir / "store").mkdir(parents=True)
+    n, cr = args.rows, args.chunk_rows
+    arr = np.empty((n, *ROW_SHAPE), dtype=DTYPE)
+    writer = EntryWriter.create(
+        entry_path,
+        {"key": ENTRY_NAME, "teacher": "synthetic", "output": "tokens"},
+        np.arange(n, dtype=np.int64),
+        row_shape=ROW_SHAPE,
+        dtype=DTYPE,
+        ragged=False,
+        chunk_rows=cr,
+    )
+    with h5py.File(h5_path, "w") as f:
+        ds = f.create_dataset(H5_DATASET, shape=(n, *ROW_SHAPE), dtype=DTYPE)  # contiguous
+        for unit in range(writer.n_chunks):
+            start, stop = writer.unit_rows(unit)
+            block = unit_data(args.seed, unit, stop - start)
+            writer.commit(unit, block)
+            ds[start:stop] = block
+            arr[start:stop] = block
+    writer.finalize({"bench": "read_targets"})
+    params_file.write_text(json.dumps(params))
+    return entry_path, h5_path, arr, time.perf_counter() - t0
+
+
+def warm_page_cache(paths: list[Path]) -> tuple[int, float]:
+    """Read every file under ``paths`` once so later reads hit the page cache."""
+    t0 = time.perf_counter()
+    buf = bytearray(16 << 20)
+    total = 0
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in files:
+            with open(path, "rb", buffering=0) as fh:
+                while k := fh.readinto(buf):
+                    total += k
+    return total, time.perf_counter() - t0
+
+
+# -- timing -------------------------------------------------------------------------------------
+def time_reader(read: Callable[[np.ndarray], np.ndarray], batches: np.ndarray) -> float:
+    """Seconds to read every batch once (each result is checked so nothing is left lazy)."""
+    t0 = time.perf_counter()
+    for rows in batches:
+        out = read(rows)
+        assert out.shape[0] == len(rows)
+    return time.perf_counter() - t0
+
+
+def check_same(readers: dict[str, Callable[[np.ndarray], np.ndarray]], arr, rows) -> None:
+    """Every reader returns the same rows (h5py and zarr in sorted order)."""
+    srt = np.sort(rows)
+    for name, read in readers.items():
+        want = arr[srt] if name in SORTED_READERS else arr[rows]
+        if not np.array_equal(read(rows), want):
+            raise SystemExit(f"reader {name} returned wrong data")
+
+
+def mmap_views(entry: Entry) -> Callable[[np.ndarray], np.ndarray]:
+    """Reference: plain ndarray views of ``np.memmap``s over the same chunk files, no featstore
+    code on the read path (the floor the reader's own Python overhead sits on)."""
+    raw = entry._rows  # RawRows of the entry; only its chunk file paths are used
+    cr = raw.chunk_rows
+    views = [
+        np.memmap(raw.chunk_path(c), dtype=raw.dtype, mode="r", shape=raw.chunk_shape).view(
+            np.ndarray
+        )
+        for c in range(len(entry.manifest["checksums"]))
+    ]
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *raw.shape[1:]), dtype=raw.dtype)
+        for j, i in enumerate(rows.tolist()):
+            out[j] = views[i // cr][i % cr]
+        return out
+
+    return read
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.batch > args.rows:
+        raise SystemExit("--batch must not exceed --rows")
+    data_dir = args.workdir / "read_targets_data"
+    entry_path, h5_path, arr, build_s = build_data(args, data_dir)
+    row_mib = int(np.prod(ROW_SHAPE)) * np.dtype(DTYPE).itemsize / 2**20
+    print(f"data ready in {build_s:.1f} s ({args.rows * row_mib / 1024:.2f} GiB per copy)")
+
+    warm_bytes, warm_s = warm_page_cache([entry_path, h5_path])
+    print(f"page cache warmed: {warm_bytes / 2**30:.2f} GiB read in {warm_s:.1f} s")
+
+    # First-touch verification cost (warm page cache): the CRC32 of every chunk, once.
+    fresh = Entry(entry_path)
+    assert fresh.zero_copy, "the benchmark entry should be memory-mappable"
+    t0 = time.perf_counter()
+    bad = fresh.verify_all()
+    verify_s = time.perf_counter() - t0
+    if bad:
+        raise SystemExit(f"entry failed verification: {bad[:2]}")
+    n_units = len(fresh.manifest["checksums"])
+    entry_bytes = arr.nbytes
+
+    rng = np.random.default_rng(args.seed)
+    batches = np.stack(
+        [rng.choice(args.rows, size=args.batch, replace=False) for _ in range(args.iters)]
+    )
+
+    entry_v = Entry(entry_path, verify=True)
+    entry_v.gather(np.arange(args.rows))  # touches (and verifies) every unit before timing
+    entry_nv = Entry(entry_path, verify=False)
+    entry_nv.gather(np.arange(args.rows))  # opens every map before timing
+    h5 = h5py.File(h5_path, "r")
+    ds = h5[H5_DATASET]
+    zarr_arr = zarr.open_array(str(entry_path / "features"), mode="r")
+
+    readers: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "featstore": entry_v.gather,
+        "featstore-noverify": entry_nv.gather,
+        "numpy": lambda rows: arr[rows],
+        "h5py": lambda rows: ds[np.sort(rows)],
+        "mmap-views": mmap_views(entry_nv),
+        "zarr": lambda rows: zarr_arr.get_orthogonal_selection((np.sort(rows),)),
+    }
+    labels = {
+        "featstore": "(a) featstore `Entry.gather` (mmap of raw Zarr v3 chunks, verify=True)",
+        "featstore-noverify": "(a') featstore `Entry.gather`, verify=False",
+        "numpy": "(b) numpy array in RAM, `arr[rows]`",
+        "h5py": "(c) h5py contiguous dataset, sorted fancy index",
+        "zarr": f"(d) zarr-python `get_orthogonal_selection` ({args.zarr_iters} batches)",
+        "mmap-views": "(ref) plain ndarray views of np.memmap over the same chunk files",
+    }
+    check_same(readers, arr, batches[0])
+
+    # Short interleaved rounds, reader order rotated each round: drift in machine speed (shared
+    # VM) hits every reader alike, and ratios are taken within a round (paired).
+    n_rounds = max(1, min(args.rounds, args.iters))
+    bounds = np.linspace(0, args.iters, n_rounds + 1).astype(int)
+    timed = [name for name in readers if name != "zarr"]
+    rounds: dict[str, list[float]] = {name: [] for name in readers}
+    for r in range(n_rounds):
+        part = batches[bounds[r] : bounds[r + 1]]
+        for name in timed[r % len(timed) :] + timed[: r % len(timed)]:
+            rounds[name].append(len(part) * args.batch / time_reader(readers[name], part))
+    zarr_part = batches[: args.zarr_iters]
+    rounds["zarr"].append(len(zarr_part) * args.batch / time_reader(readers["zarr"], zarr_part))
+    h5.close()
+
+    rates = {name: statistics.median(r) for name, r in rounds.items()}
+
+    def paired(name: str, base: str) -> float:
+        return statistics.median(a / b for a, b in zip(rounds[name], rounds[base], strict=True))
+
+    ratios = {name: paired(name, "numpy") for name in timed}
+    ratios["zarr"] = rates["zarr"] / rates["numpy"]
+    vs_numpy = ratios["featstore"]
+    vs_h5py = paired("featstore", "h5py")
+    numpy_vs_h5py = paired("numpy", "h5py")
+
+    print()
+    print(
+        f"N={args.rows} rows of {ROW_SHAPE} {DTYPE} ({row_mib:.2f} MiB/row), batch {args.batch}, "
+        f"{args.iters} batches per reader in {n_rounds} interleaved rounds, chunk_rows "
+        f"{args.chunk_rows}, warm page cache, {os.cpu_count()} CPUs"
+    )
+    print()
+    print("| reader | samples/s (median round) | GiB/s | vs numpy (paired median) |")
+    print("|---|---:|---:|---:|")
+    for name in ["featstore", "featstore-noverify", "numpy", "h5py", "zarr", "mmap-views"]:
+        rate = rates[name]
+        print(
+            f"| {labels[name]} | {rate:,.0f} | {rate * row_mib / 1024:.2f} | {ratios[name]:.3f} |"
+        )
+    print()
+    print("| one-time cost | value |")
+    print("|---|---:|")
+    print(
+        f"| first-touch CRC32 of all {n_units} chunks (`verify_all`, warm cache) | "
+        f"{verify_s:.2f} s ({entry_bytes / verify_s / 2**30:.2f} GiB/s, "
+        f"{1000 * verify_s / n_units:.1f} ms per {args.chunk_rows}-row chunk) |"
+    )
+    print(f"| page-cache warm-up read of entry + HDF5 | {warm_s:.1f} s |")
+    print()
+    ok_np, ok_h5 = vs_numpy >= GOAL_VS_NUMPY, vs_h5py >= GOAL_VS_H5PY
+    print(
+        f"summary: featstore {rates['featstore']:,.0f} samples/s = {vs_numpy:.2f}x numpy "
+        f"(goal >= {GOAL_VS_NUMPY}: {'met' if ok_np else 'MISSED'}), {vs_h5py:.2f}x h5py "
+        f"(goal >= {GOAL_VS_H5PY}: {'met' if ok_h5 else 'MISSED'}; numpy itself is "
+        f"{numpy_vs_h5py:.2f}x h5py here)"
+    )
+
+    result = {
+        "benchmark": "read_targets",
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "row_shape": list(ROW_SHAPE),
+        "dtype": DTYPE,
+        "samples_per_s": rates,
+        "samples_per_s_rounds": rounds,
+        "ratios_vs_numpy_paired": ratios,
+        "ratio_featstore_vs_numpy": vs_numpy,
+        "ratio_featstore_vs_h5py": vs_h5py,
+        "ratio_numpy_vs_h5py": numpy_vs_h5py,
+        "goals": {"vs_numpy": GOAL_VS_NUMPY, "vs_h5py": GOAL_VS_H5PY},
+        "goals_met": {"vs_numpy": ok_np, "vs_h5py": ok_h5},
+        "first_touch_verify_s": verify_s,
+        "first_touch_verify_gib_per_s": entry_bytes / verify_s / 2**30,
+        "n_chunks": n_units,
+        "warm_page_cache_s": warm_s,
+        "build_s": build_s,
+        "env": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "numpy": np.__version__,
+            "h5py": h5py.__version__,
+            "zarr": zarr.__version__,
+        },
+    }
+    out = args.workdir / "read_targets.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"results written to {out}")
+    if args.clean:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
