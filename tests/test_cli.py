@@ -171,7 +171,9 @@ def test_unwritable_store(nsd_hdf5, tmp_path):
     blocker.write_text("")
     store = Store(blocker / "store")
     result = cli(*extract_args(store, nsd_hdf5))
-    assert result.exit_code == 1 and "is not writable" in result.output and "--store" in result.output
+    assert (
+        result.exit_code == 1 and "is not writable" in result.output and "--store" in result.output
+    )
 
 
 def test_locked_key(nsd_hdf5, store):
@@ -209,3 +211,19 @@ def test_demo_runs(tmp_path):
     assert result.exit_code == 0, result.output
     assert "zero-copy memory map: True" in result.output
     assert len(Store(tmp_path / "demo" / "store").entries()) == 4
+
+
+@pytest.mark.parametrize("teacher", ["bigG", "clip-l-text"])
+def test_real_weights_are_the_default_and_offline_says_how_to_fix(nsd_hdf5, captions, store,
+                                                                  teacher, monkeypatch):  # fmt: skip
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = captions if teacher == "clip-l-text" else nsd_hdf5
+    args = ("extract", "--teacher", teacher, "--source", source, "--store", store.root, "-q")
+    result = cli(*args)
+    assert_clean_failure(result, store, "cannot load", "network access", "--weights")
+
+
+def test_weights_path_that_is_not_a_file(nsd_hdf5, store):
+    result = cli("extract", "--teacher", "bigG-tiny", "--source", nsd_hdf5, "--store", store.root,
+                 "--weights", "/no/such/ckpt.pt")  # fmt: skip
+    assert_clean_failure(result, store, "neither 'pretrained', 'random' nor a checkpoint file")

@@ -153,10 +153,12 @@ def test_every_key_input_changes_the_key(nsd_hdf5, tmp_path, bigg_tiny):
     variants = {
         "output": entry_keys(bigg_tiny, src, ["embeds"], "float16")["embeds"][0],
         "dtype": entry_keys(bigg_tiny, src, ["tokens"], "float32")["tokens"][0],
-        "weights": entry_keys(create_teacher("bigG-tiny", weights="random", seed=1), src,
-                              ["tokens"], "float16")["tokens"][0],  # fmt: skip
-        "ids": entry_keys(bigg_tiny, open_source(nsd_hdf5, row_range="0:10"), ["tokens"],
-                          "float16")["tokens"][0],  # fmt: skip
+        "weights": entry_keys(
+            create_teacher("bigG-tiny", weights="random", seed=1), src, ["tokens"], "float16"
+        )["tokens"][0],  # fmt: skip
+        "ids": entry_keys(
+            bigg_tiny, open_source(nsd_hdf5, row_range="0:10"), ["tokens"], "float16"
+        )["tokens"][0],  # fmt: skip
     }
     with h5py.File(nsd_hdf5, "r+") as f:  # one pixel of one image changes
         f["images"][3, 0, 0, 0] = 0.123
@@ -194,3 +196,24 @@ def test_compressed_entry_reads_through_zarr(nsd_hdf5, store, bigg_tiny):
     assert a.zero_copy and not b.zero_copy
     rows = np.array([19, 0, 7, 7])
     np.testing.assert_array_equal(a.gather(rows), b.gather(rows))
+
+
+def test_checkpoint_file_weights_are_loaded_and_keyed_by_content(nsd_hdf5, tmp_path, store):
+    torch.manual_seed(7)
+    model = open_clip.model.CLIP(**model_config(get_spec("bigG-tiny")))
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), ckpt)
+    teacher = create_teacher("bigG-tiny", weights=str(ckpt))
+    assert teacher.weights["kind"] == "file" and len(teacher.weights["sha256"]) == 64
+    src = open_source(nsd_hdf5, row_range="0:2")
+    entry = open_entry(run(teacher, src, store, dtype="float32").entries[0].key, store)
+    with h5py.File(nsd_hdf5) as f:
+        x = (torch.from_numpy(f["images"][:2]).float() - MEAN) / STD
+    visual = model.visual.eval()
+    visual.output_tokens = True
+    with torch.inference_mode():
+        _, tokens = visual(x)
+    np.testing.assert_allclose(entry.gather([0, 1]), tokens.numpy(), atol=1e-5, rtol=1e-5)
+    random_key = entry_keys(create_teacher("bigG-tiny", weights="random", seed=7), src,
+                            ["tokens"], "float32")["tokens"][0]  # fmt: skip
+    assert random_key != entry.key  # same numbers, different weights identity: never conflated

@@ -144,7 +144,7 @@ class OpenClipVisionTeacher(Teacher):
                     f"teacher {spec.name} has no pretrained weights; use --weights random "
                     f"or --weights PATH/TO/checkpoint"
                 )
-            model = open_clip.create_model(arch, pretrained=tag)
+            model = _load(arch, tag)
             self.weights = {"kind": "pretrained", "arch": arch, "tag": tag}
         elif weights == "random":
             torch.manual_seed(seed)
@@ -153,7 +153,15 @@ class OpenClipVisionTeacher(Teacher):
         else:
             from ..hashing import file_digest
 
-            model = open_clip.create_model(arch, pretrained=weights)
+            if not Path(weights).is_file():
+                raise FeatstoreError(
+                    f"--weights {weights!r} is neither 'pretrained', 'random' nor a checkpoint file."
+                )
+            if "model_cfg" in spec.config:  # a config-defined variant: load into that config
+                model = open_clip.model.CLIP(**cfg)
+                open_clip.load_checkpoint(model, weights)
+            else:
+                model = _load(arch, weights)
             self.weights = {"kind": "file", "sha256": file_digest(Path(weights))}
         self.model = model.visual.eval().requires_grad_(False)  # the text tower is not needed
         self.model.output_tokens = True
@@ -168,6 +176,19 @@ class OpenClipVisionTeacher(Teacher):
         pooled, tokens = self.model(batch.to(self.device, non_blocking=True))
         out = {"tokens": tokens, "embeds": pooled}
         return {k: out[k] for k in kinds}
+
+
+def _load(arch: str, pretrained: str) -> torch.nn.Module:
+    import open_clip
+
+    try:
+        return open_clip.create_model(arch, pretrained=pretrained)
+    except (RuntimeError, OSError) as e:
+        raise FeatstoreError(
+            f"cannot load open_clip {arch} weights {pretrained!r}: {e}. Download them once with "
+            f"network access (they are then cached; HF_HUB_OFFLINE=1 works after that), or pass "
+            f"--weights /path/to/checkpoint."
+        ) from None
 
 
 def build(spec: TeacherSpec, **options: Any) -> OpenClipVisionTeacher:
