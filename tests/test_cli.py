@@ -214,8 +214,9 @@ def test_demo_runs(tmp_path):
 
 
 @pytest.mark.parametrize("teacher", ["bigG", "clip-l-text"])
-def test_real_weights_are_the_default_and_offline_says_how_to_fix(nsd_hdf5, captions, store,
-                                                                  teacher, monkeypatch):  # fmt: skip
+def test_real_weights_are_default_and_offline_says_how_to_fix(
+    nsd_hdf5, captions, store, teacher, monkeypatch
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source = captions if teacher == "clip-l-text" else nsd_hdf5
     args = ("extract", "--teacher", teacher, "--source", source, "--store", store.root, "-q")

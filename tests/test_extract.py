@@ -9,16 +9,14 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-import torch.nn.functional as F
 import zarr
 from PIL import Image
 
 from featstore import open_entry
 from featstore.extract import entry_keys, extract
 from featstore.sources import open_source
-from featstore.teachers import create_teacher
+from featstore.teachers import create_teacher, get_spec
 from featstore.teachers.openclip_vision import OPENAI_MEAN, OPENAI_STD, model_config
-from featstore.teachers import get_spec
 
 MEAN = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from featstore import open_entry
@@ -32,6 +31,7 @@ KILLER = textwrap.dedent(
     from featstore.teachers import create_teacher
 
     mode, k, source, store = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    batch, chunk = int(sys.argv[5]), int(sys.argv[6])
     commits = [0]
     real_commit, real_replace = writer.EntryWriter.commit, os.replace
 
@@ -55,11 +55,10 @@ KILLER = textwrap.dedent(
     writer.EntryWriter.commit = commit
     os.replace = replace
     teacher = create_teacher("bigG-tiny", weights="random")
-    extract(teacher, open_source(source), Store(store), batch_size=%d, chunk_rows=%d,
+    extract(teacher, open_source(source), Store(store), batch_size=batch, chunk_rows=chunk,
             num_workers=0, progress=False, log=lambda *_: None)
     print("finished without being killed")
     """
-    % (BATCH, CHUNK)
 )
 
 
@@ -67,7 +66,8 @@ def run_killed(tmp_path, mode, k, source, store_root):
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     proc = subprocess.run(
-        [sys.executable, str(script), mode, str(k), str(source), str(store_root)],
+        [sys.executable, str(script), mode, str(k), str(source), str(store_root), str(BATCH),
+         str(CHUNK)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr

@@ -155,7 +155,8 @@ class OpenClipVisionTeacher(Teacher):
 
             if not Path(weights).is_file():
                 raise FeatstoreError(
-                    f"--weights {weights!r} is neither 'pretrained', 'random' nor a checkpoint file."
+                    f"--weights {weights!r} is neither 'pretrained', 'random' nor a "
+                    f"checkpoint file."
                 )
             if "model_cfg" in spec.config:  # a config-defined variant: load into that config
                 model = open_clip.model.CLIP(**cfg)
