@@ -215,3 +215,27 @@ def test_checkpoint_file_weights_are_loaded_and_keyed_by_content(nsd_hdf5, tmp_p
     random_key = entry_keys(create_teacher("bigG-tiny", weights="random", seed=7), src,
                             ["tokens"], "float32")["tokens"][0]  # fmt: skip
     assert random_key != entry.key  # same numbers, different weights identity: never conflated
+
+
+def test_worker_processes_give_identical_bytes(nsd_hdf5, tmp_path, bigg_tiny):
+    from featstore.store import Store
+
+    entries = []
+    for workers in (0, 2):
+        store = Store(tmp_path / f"store-{workers}")
+        result = extract(bigg_tiny, open_source(nsd_hdf5), store, batch_size=4, chunk_rows=8,
+                         num_workers=workers, progress=False, log=lambda *_: None)  # fmt: skip
+        entries.append(open_entry(result.entries[0].key, store))
+    np.testing.assert_array_equal(
+        entries[0].gather(np.arange(20)), entries[1].gather(np.arange(20))
+    )
+
+
+def test_bad_image_in_a_worker_is_named(image_folder, store, bigg_tiny):
+    from featstore.errors import SourceError
+
+    (image_folder / "img2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(SourceError, match="img2.png"):
+        extract(bigg_tiny, open_source(image_folder), store, batch_size=2, num_workers=2,
+                progress=False, log=lambda *_: None)  # fmt: skip
+    assert store.entries() == []

@@ -43,6 +43,8 @@ class NsdImages(Source):
             raise SourceError(
                 f"{path}:{dataset} has shape {shape}; expected [N, 3, H, W] (channels first)."
             )
+        if shape[0] == 0:
+            raise SourceError(f"{path}:{dataset} holds no images.")
         if dtype.kind != "f":
             raise SourceError(f"{path}:{dataset} has dtype {dtype}; expected float in [0, 1].")
         self.dataset = dataset
