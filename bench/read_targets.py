@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mmap-views": "(ref) plain ndarray views of np.memmap over the same chunk files",
     }
     check_same(readers, arr, batches[0])
+    load_start = os.getloadavg()
 
     # Short interleaved rounds, reader order rotated each round: drift in machine speed (shared
     # VM) hits every reader alike, and ratios are taken within a round (paired).
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     rounds["zarr"].append(len(zarr_part) * args.batch / time_reader(readers["zarr"], zarr_part))
     h5.close()
 
+    load_end = os.getloadavg()
     rates = {name: statistics.median(r) for name, r in rounds.items()}
 
     def paired(name: str, base: str) -> float:
@@ -275,7 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"N={args.rows} rows of {ROW_SHAPE} {DTYPE} ({row_mib:.2f} MiB/row), batch {args.batch}, "
         f"{args.iters} batches per reader in {n_rounds} interleaved rounds, chunk_rows "
-        f"{args.chunk_rows}, warm page cache, {os.cpu_count()} CPUs"
+        f"{args.chunk_rows}, warm page cache, {os.cpu_count()} CPUs, load average "
+        f"{load_start[0]:.2f} -> {load_end[0]:.2f}"
     )
     print()
     print("| reader | samples/s (median round) | GiB/s | vs numpy (paired median) |")
@@ -320,6 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
         "first_touch_verify_gib_per_s": entry_bytes / verify_s / 2**30,
         "n_chunks": n_units,
         "warm_page_cache_s": warm_s,
+        "loadavg": {"start": load_start, "end": load_end},
         "build_s": build_s,
         "env": {
             "python": platform.python_version(),

@@ -64,13 +64,15 @@ class ExtractResult:
         )
 
 
-def default_chunk_rows(spec: OutputSpec, dtype: str) -> int:
-    """Rows per chunk so a chunk is about 32 MiB (a power of two, at least 1)."""
+def default_chunk_rows(spec: OutputSpec, dtype: str, batch_size: int = 1) -> int:
+    """Rows per chunk: about 32 MiB, and a multiple of the batch size, so that every chunk
+    boundary is a batch boundary and a resumed run never recomputes a committed row."""
     if spec.ragged:
-        return RAGGED_CHUNK_ITEMS
-    row_bytes = int(np.prod(spec.row_shape)) * np.dtype(dtype).itemsize
-    rows = max(1, TARGET_CHUNK_BYTES // max(row_bytes, 1))
-    return 1 << (rows.bit_length() - 1)
+        rows = RAGGED_CHUNK_ITEMS
+    else:
+        row_bytes = int(np.prod(spec.row_shape)) * np.dtype(dtype).itemsize
+        rows = max(1, TARGET_CHUNK_BYTES // max(row_bytes, 1))
+    return max(batch_size, rows // batch_size * batch_size)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -271,6 +273,10 @@ def extract(
                     )
                 )
                 log(f"{kind}: entry {key} is already complete; nothing to do (cache hit).")
+                if (compression or "none") != manifest.get("compression", "none"):
+                    stored = manifest.get("compression")
+                    log(f"  note: it is stored with compression={stored}; compression is "
+                        f"layout, not content, so the entry is reused as is.")  # fmt: skip
                 continue
             same_inputs = manifest is not None and canonical_json(
                 manifest.get("key_inputs")
@@ -283,6 +289,10 @@ def extract(
                     f"{kind}: resuming entry {key}: {len(writer.committed())}/{writer.n_chunks} "
                     f"chunks already committed."
                 )
+                if writer.manifest.get("batch_size") not in (None, batch_size):
+                    log(f"  note: it was started with --batch-size {writer.manifest['batch_size']};"
+                        f" resuming with {batch_size} may differ in the last bits from an "
+                        f"uninterrupted run.")  # fmt: skip
             else:
                 if manifest is not None or path.exists():
                     log(f"{kind}: entry {key} is unreadable or stale; rebuilding it.")
@@ -293,11 +303,13 @@ def extract(
                     "output": kind,
                     "output_description": spec.description,
                     "source": source.describe(),
+                    "batch_size": batch_size,
                 }
                 writer = EntryWriter.create(
                     path, entry_manifest, source.ids, spec.row_shape, dtype, spec.ragged,
                     # zarr stores edge chunks full-size: never make a chunk longer than N
-                    min(chunk_rows or default_chunk_rows(spec, dtype), max(1, len(source))),
+                    min(chunk_rows or default_chunk_rows(spec, dtype, batch_size),
+                        max(1, len(source))),
                     compression,
                 )  # fmt: skip
                 created.append(kind)
@@ -373,6 +385,7 @@ def _run(
         finally:
             slots.release()
 
+    computed = 0  # rows through the teacher (> needed only if batches straddle committed units)
     started = time.perf_counter()
     wall_start = time.time()
     bar = tqdm(total=int(len(needed)), unit="item", disable=not progress, desc=teacher.name,
@@ -396,6 +409,7 @@ def _run(
                     f.result()  # surface write errors early
                     pending.remove(f)
                 bar.update(int(is_needed[rows].sum()))
+                computed += len(rows)
             for f in pending:
                 f.result()
         finally:
@@ -409,9 +423,7 @@ def _run(
             raise StoreError(
                 f"internal error: units {sorted(leftover)[:5]} of {kind} were never filled"
             )
-        writer.finalize(
-            {**prov, "started": wall_start, "seconds": seconds, "items": int(len(needed))}
-        )
-    result.items_computed += int(len(needed))
+        writer.finalize({**prov, "started": wall_start, "seconds": seconds, "items": computed})
+    result.items_computed += computed
     result.seconds += seconds
     result.bytes_written += bytes_written[0]

@@ -100,3 +100,14 @@ def file_digest(file: Path, memo: DigestMemo | None = None, block: int = 1 << 22
     if memo is not None:
         memo.put(file, digest)
     return digest
+
+
+def directory_digest(path: Path, memo: DigestMemo | None = None) -> str:
+    """sha256 over a directory's files (relative path + content digest), or one file's digest."""
+    if path.is_file():
+        return file_digest(path, memo)
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(file.relative_to(path).as_posix().encode() + b"\0")
+        h.update(file_digest(file, memo).encode())
+    return h.hexdigest()

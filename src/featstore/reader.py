@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import zarr
 
 from .errors import CorruptChunkError, StoreError
 from .store import Store, read_manifest
+from .writer import chunk_file
 
 _RAW_DTYPES = {
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -65,26 +65,30 @@ class RawRows:
         self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         self.chunk_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
         self.chunk_shape = (self.chunk_rows, *self.shape[1:])
-        self._suffix = "/".join(["0"] * (len(self.shape) - 1))
         self._max_open = max_open
-        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        # chunk -> plain ndarray view of its memory map (ndarray indexing skips np.memmap's
+        # per-access Python overhead). Each map holds a file descriptor, so at most
+        # ``max_open`` stay open; the oldest is dropped first.
+        self._views: dict[int, np.ndarray] = {}
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_maps"] = OrderedDict()
+        state["_views"] = {}
         return state
 
     def chunk_path(self, chunk: int) -> Path:
-        return self.dir / "c" / (f"{chunk}/{self._suffix}" if self._suffix else str(chunk))
+        return chunk_file(self.dir, chunk, len(self.shape))
 
-    def _map(self, chunk: int) -> np.memmap:
+    def _fork_check(self) -> None:
         if self._pid != os.getpid():  # forked into a worker: never share the parent's maps
-            self._maps, self._pid = OrderedDict(), os.getpid()
-        mm = self._maps.get(chunk)
-        if mm is not None:
-            self._maps.move_to_end(chunk)
-            return mm
+            self._views, self._pid = {}, os.getpid()
+
+    def _map(self, chunk: int) -> np.ndarray:
+        view = self._views.get(chunk)
+        return view if view is not None else self._open(chunk)
+
+    def _open(self, chunk: int) -> np.ndarray:
         path = self.chunk_path(chunk)
         expected = int(np.prod(self.chunk_shape)) * self.dtype.itemsize
         try:
@@ -96,14 +100,15 @@ class RawRows:
                 f"chunk file {path} has {size} bytes, expected {expected} "
                 f"(truncated or overwritten)."
             )
-        mm = np.memmap(path, dtype=self.dtype, mode="r", shape=self.chunk_shape)
-        self._maps[chunk] = mm
-        if len(self._maps) > self._max_open:
-            self._maps.popitem(last=False)
-        return mm
+        view = np.memmap(path, dtype=self.dtype, mode="r", shape=self.chunk_shape).view(np.ndarray)
+        if len(self._views) >= self._max_open:
+            del self._views[next(iter(self._views))]
+        self._views[chunk] = view
+        return view
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop): a view when they lie in one chunk, else a copy."""
+        self._fork_check()
         c0, c1 = start // self.chunk_rows, (max(stop, start + 1) - 1) // self.chunk_rows
         if c0 == c1:
             base = c0 * self.chunk_rows
@@ -117,10 +122,15 @@ class RawRows:
         return np.concatenate(parts)
 
     def take(self, indices: np.ndarray) -> np.ndarray:
+        self._fork_check()
         out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
-        cr = self.chunk_rows
+        cr, views = self.chunk_rows, self._views
         for j, i in enumerate(indices.tolist()):
-            out[j] = self._map(i // cr)[i % cr]
+            c = i // cr
+            view = views.get(c)
+            if view is None:
+                view = self._open(c)
+            out[j] = view[i - c * cr]
         return out
 
 
@@ -128,13 +138,14 @@ class ZarrRows:
     """The same interface through zarr-python, for compressed or otherwise encoded arrays."""
 
     def __init__(self, array_dir: Path):
+        self.dir = array_dir
         self.array = zarr.open_array(str(array_dir), mode="r")
         self.shape = self.array.shape
         self.dtype = self.array.dtype
         self.chunk_rows = self.array.chunks[0]
 
     def chunk_path(self, chunk: int) -> Path:
-        return Path(str(self.array.store_path)) / "c" / str(chunk)
+        return chunk_file(self.dir, chunk, len(self.shape))
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         return self.array[start:stop]
@@ -174,6 +185,8 @@ class Entry:
         self.chunk_rows: int = manifest["chunk_rows"]
         self.verify = verify
         self._checksums: list[str] = manifest["checksums"]
+        self._n_units = len(self._checksums)
+        self._n = int(manifest["n_rows"])
         self._verified: set[int] = set()
         self._pid = os.getpid()
         self._rows = open_rows(self.path / ("values" if self.ragged else "features"), zero_copy)
@@ -231,6 +244,8 @@ class Entry:
     def _touch(self, rows: np.ndarray) -> None:
         if not self.verify:
             return
+        if len(self._verified) == self._n_units and self._pid == os.getpid():
+            return  # everything already checked in this process
         if self._pid != os.getpid():
             self._verified, self._pid = set(), os.getpid()
         for unit in set((rows // self.chunk_rows).tolist()) - self._verified:
@@ -240,10 +255,12 @@ class Entry:
     # -- access ---------------------------------------------------------------------------------
     def _check_rows(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        n = len(self)
-        if rows.size and (rows.min() < -n or rows.max() >= n):
+        if not rows.size:
+            return rows
+        n, lo, hi = self._n, int(rows.min()), int(rows.max())
+        if lo < -n or hi >= n:
             raise IndexError(f"row index out of range for entry of {n} rows")
-        return np.where(rows < 0, rows + n, rows)
+        return rows if lo >= 0 else np.where(rows < 0, rows + n, rows)
 
     def __getitem__(self, i: int) -> np.ndarray:
         (row,) = self._check_rows(np.array([i]))

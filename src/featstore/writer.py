@@ -35,6 +35,20 @@ def _writing():
     return zarr.config.set({"array.write_empty_chunks": True})
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file (or a directory's entries) to disk, so a commit survives power loss too."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def chunk_file(array_dir: Path, chunk: int, ndim: int) -> Path:
+    """The file of chunk ``chunk`` along axis 0 (default '/' key encoding, whole-row chunks)."""
+    return array_dir / "c" / "/".join([str(chunk)] + ["0"] * (ndim - 1))
+
+
 def progress_dir(entry_path: Path) -> Path:
     return entry_path.parent / PROGRESS_DIR / entry_path.name
 
@@ -102,7 +116,8 @@ class EntryWriter:
         codecs = codecs_for(compression)
         if ragged:
             frame_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
-            value_chunk = max(1, (32 << 20) // max(frame_bytes, 1))
+            # ~32 MiB of frames, but no bigger than 256 frames per item (tiny entries stay tiny)
+            value_chunk = max(1, min((32 << 20) // max(frame_bytes, 1), 256 * max(n, 1)))
             group.create_array(
                 "values",
                 shape=(0, *row_shape),
@@ -204,6 +219,10 @@ class EntryWriter:
             if block.shape[0]:
                 with _writing():
                     values[values_start:values_stop] = block
+                vc = values.chunks[0]
+                for c in range(values_start // vc, (values_stop - 1) // vc + 1):
+                    _fsync(chunk_file(self.path / "values", c, 1 + len(self.row_shape)))
+            _fsync(self.path / "values" / "zarr.json")
             record.update(values_start=values_start, values_stop=values_stop, lengths=lengths)
             record["crc32"] = array_checksum(block)
         else:
@@ -215,10 +234,15 @@ class EntryWriter:
                 )
             with _writing():
                 self._array("features")[start:stop] = block
+            _fsync(chunk_file(self.path / "features", unit, 1 + len(self.row_shape)))
             record["crc32"] = array_checksum(block)
         tmp = self.commits / f"{unit}.json.tmp"
-        tmp.write_text(json.dumps(record))
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.commits / f"{unit}.json")
+        _fsync(self.commits)
 
     # -- finish ---------------------------------------------------------------------------------
     def finalize(self, provenance: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import FeatstoreError
+from ..hashing import directory_digest
 from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec
 
 CONTEXT_LENGTH = 77
@@ -111,10 +112,13 @@ class ClipTextTeacher(Teacher):
                     f"cannot load {location!r}: {e}. Download it once with network access "
                     f"(it is then cached), or pass --weights /path/to/a/local/copy."
                 ) from None
-            revision = getattr(model.config, "_commit_hash", None)
-            self.weights = {"kind": "pretrained" if weights == "pretrained" else "path",
-                            "location": location, "revision": revision}  # fmt: skip
-            tok_id = {"kind": "hf", "location": location, "revision": revision}
+            if weights == "pretrained":
+                revision = getattr(model.config, "_commit_hash", None)
+                self.weights = {"kind": "pretrained", "repo": location, "revision": revision}
+            else:  # a local copy: keyed by its content, not its path
+                revision = directory_digest(Path(location))
+                self.weights = {"kind": "path", "sha256": revision}
+            tok_id = {"kind": "hf", "revision": revision}
         self.model = model.eval().requires_grad_(False)
         self._config = {k: v for k, v in model.config.to_dict().items()
                         if k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -135,7 +139,10 @@ class ClipTextTeacher(Teacher):
 
 
 def build(spec: TeacherSpec, **options: Any) -> ClipTextTeacher:
-    options.pop("preprocessing", None)
+    if options.pop("preprocessing", None) is not None:
+        raise FeatstoreError(
+            f"teacher {spec.name} takes no --preprocessing option (text is tokenized one way)."
+        )
     return ClipTextTeacher(spec, **options)
 
 
