@@ -14,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # option help is plain text: "[default: …]" must print as written
 )
 
 StoreOpt = typer.Option(
@@ -57,7 +58,9 @@ def extract(
     ),
     dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
-    num_workers: int = typer.Option(None, help="DataLoader workers [default: min(4, cores-1)]."),
+    num_workers: int = typer.Option(
+        None, help="DataLoader workers [default: GPU min(8, cores-1); CPU min(4, cores/4)]."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option(
         "auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, fp16, bf16."
@@ -181,7 +184,8 @@ def demo(
     workdir: Path = typer.Option(Path("featstore-demo"), help="Where the demo data and store go."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Run stage one end to end on a small embedded dataset with tiny random-weight teachers."""
+    """Run stage one end to end on a small synthetic dataset (generated on the fly) with tiny
+    random-weight teachers."""
     from featstore.demo import run_demo
 
     run_demo(workdir, progress=not quiet, log=typer.echo)

@@ -2,23 +2,106 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import typer
+
+from ._common import handle_errors
 
 app = typer.Typer(
     help="Stage two: train small heads against memory-mapped featstore entries.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
-@app.command()
-def heads() -> None:
+@app.command("list")
+@handle_errors
+def list_command() -> None:
     """List the registered heads."""
     from heads import list_heads
 
-    names = list_heads()
-    typer.echo("\n".join(names) if names else "no heads registered yet")
+    for spec in list_heads():
+        typer.echo(f"{spec.name:<12} {spec.description}")
+
+
+@app.command()
+@handle_errors
+def train(
+    head: str = typer.Argument(..., help="Head name (see `heads list`)."),
+    config: list[Path] = typer.Option(None, "--config", "-c", help="TOML file(s) over the recipe."),
+    overrides: list[str] = typer.Option(None, "--set", "-s", help="section.key=value, repeatable."),
+    run_dir: Path = typer.Option(None, help="Run directory [default: runs/HEAD-TIMESTAMP]."),
+    resume: Path = typer.Option(None, help="Continue this run from its last checkpoint."),
+    stop_after_epoch: int = typer.Option(None, help="Stop cleanly after this epoch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train a head; writes config, metrics, checkpoints, weights and plots to the run dir."""
+    from heads import config as config_mod
+    from heads import get_head
+    from heads.errors import HeadsError
+    from heads.train import train as run_train
+
+    spec = get_head(head)
+    if resume is not None:
+        saved_path = resume / "config.json"
+        if not saved_path.exists():
+            raise HeadsError(f"{resume} is not a run directory (no config.json).")
+        saved = json.loads(saved_path.read_text())
+        if config or overrides:
+            wanted = config_mod.resolve(saved, config or [], overrides or [])
+            changes = config_mod.diff(saved, wanted)
+            if changes:
+                raise HeadsError(f"--resume with a different config ({'; '.join(changes)}); "
+                                 f"start a new run instead.")  # fmt: skip
+        cfg, out = saved, resume
+    else:
+        cfg = config_mod.resolve(spec.defaults(), config or [], overrides or [])
+        out = run_dir or Path("runs") / f"{head}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (out / "config.json").exists():
+            raise HeadsError(f"{out} already holds a run; use --resume {out} or another --run-dir.")
+    model_head = spec.build(cfg)
+    last = run_train(
+        model_head,
+        cfg,
+        out,
+        resume=resume is not None,
+        stop_after_epoch=stop_after_epoch,
+        progress=not quiet,
+        log=typer.echo,
+    )
+    typer.echo(f"run: {out}")
+    typer.echo(json.dumps(last))
+
+
+@app.command("eval")
+@handle_errors
+def evaluate(
+    head: str = typer.Argument(..., help="Head name."),
+    run: Path = typer.Argument(..., help="Run directory of a trained head."),
+) -> None:
+    """Evaluate a trained run on its test set; writes eval.json and plots/eval.png."""
+    from heads import get_head
+    from heads.errors import HeadsError
+    from heads.train import load_weights
+
+    spec = get_head(head)
+    if not (run / "config.json").exists():
+        raise HeadsError(f"{run} is not a run directory (no config.json).")
+    cfg = json.loads((run / "config.json").read_text())
+    model_head = spec.build(cfg)
+    load_weights(model_head.model, run)
+    report = spec.evaluate(model_head, run)
+    for subject, scores in report["subjects"].items():
+        for metric, s in scores.items():
+            if isinstance(s, dict):
+                typer.echo(f"{subject} {metric}: {s['mean']:.1%} ± {s['ci95']:.1%} "
+                           f"({s['way']}-way, chance {s['chance']:.1%})")  # fmt: skip
+    typer.echo(f"wrote {run / 'eval.json'} and {run / 'plots' / 'eval.png'}")
 
 
 if __name__ == "__main__":

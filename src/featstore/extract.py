@@ -75,6 +75,15 @@ def default_chunk_rows(spec: OutputSpec, dtype: str, batch_size: int = 1) -> int
     return max(batch_size, rows // batch_size * batch_size)
 
 
+def default_num_workers(device: torch.device) -> int:
+    """Loader processes: on a GPU they keep it fed; on a CPU they take cores from the teacher's
+    own threads, so few small machines gain from them (measured in docs/benchmarks.md)."""
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, max(0, cores - 1))
+    return min(4, cores // 4)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -355,7 +364,7 @@ def _run(
     is_needed[needed] = True
     sampler = _BatchGrid(len(source), batch_size, needed)
     if num_workers is None:
-        num_workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+        num_workers = default_num_workers(device)
     loader = torch.utils.data.DataLoader(
         _Items(source, teacher.preprocessor),
         batch_sampler=sampler,

@@ -1,13 +1,12 @@
 """heads: stage two — small trainable heads trained against featstore entries.
 
-The training core and the first head (MindEye2) arrive with the stage-two issue; this package
-holds the registry they plug into.
+>>> from heads import get_head, train
+>>> spec = get_head("mindeye")
 """
 
-from __future__ import annotations
+from .errors import HeadsError
+from .registry import HeadSpec, get_head, list_heads, register_head
+from .train import Head, Progress, train
 
-_HEADS: dict[str, object] = {}
-
-
-def list_heads() -> list[str]:
-    return sorted(_HEADS)
+__all__ = ["Head", "HeadSpec", "HeadsError", "Progress", "get_head", "list_heads",
+           "register_head", "train"]  # fmt: skip

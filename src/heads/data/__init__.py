@@ -1,0 +1,1 @@
+"""Dataset readers for stage two, kept apart from models (torch_brain style)."""

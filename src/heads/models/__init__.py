@@ -1,0 +1,1 @@
+"""Head architectures trained by stage two (MindEye2 + TextAlign)."""

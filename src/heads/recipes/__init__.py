@@ -1,0 +1,1 @@
+"""Head recipes: each module registers one head (model + losses + data + default TOML)."""
