@@ -104,5 +104,18 @@ def evaluate(
     typer.echo(f"wrote {run / 'eval.json'} and {run / 'plots' / 'eval.png'}")
 
 
+@app.command()
+@handle_errors
+def demo(
+    workdir: Path = typer.Option(Path("heads-demo"), help="Where data, store and run go."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Both stages end to end on a small synthetic NSD-like dataset: extract tiny bigG tokens
+    and caption features, train MindEye, evaluate retrieval."""
+    from heads.demo import run_demo
+
+    run_demo(workdir, progress=not quiet, log=typer.echo)
+
+
 if __name__ == "__main__":
     app()
