@@ -41,8 +41,8 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train a head; writes config, metrics, checkpoints, weights and plots to the run dir."""
+    from heads import build_head, get_head
     from heads import config as config_mod
-    from heads import get_head
     from heads.errors import HeadsError
     from heads.train import train as run_train
 
@@ -64,7 +64,7 @@ def train(
         out = run_dir or Path("runs") / f"{head}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (out / "config.json").exists():
             raise HeadsError(f"{out} already holds a run; use --resume {out} or another --run-dir.")
-    model_head = spec.build(cfg)
+    model_head = build_head(spec, cfg)
     last = run_train(
         model_head,
         cfg,
@@ -85,7 +85,7 @@ def evaluate(
     run: Path = typer.Argument(..., help="Run directory of a trained head."),
 ) -> None:
     """Evaluate a trained run on its test set; writes eval.json and plots/eval.png."""
-    from heads import get_head
+    from heads import build_head, get_head
     from heads.errors import HeadsError
     from heads.train import load_weights
 
@@ -93,7 +93,7 @@ def evaluate(
     if not (run / "config.json").exists():
         raise HeadsError(f"{run} is not a run directory (no config.json).")
     cfg = json.loads((run / "config.json").read_text())
-    model_head = spec.build(cfg)
+    model_head = build_head(spec, cfg)
     load_weights(model_head.model, run)
     report = spec.evaluate(model_head, run)
     for subject, scores in report["subjects"].items():

@@ -239,3 +239,49 @@ def test_bad_image_in_a_worker_is_named(image_folder, store, bigg_tiny):
         extract(bigg_tiny, open_source(image_folder), store, batch_size=2, num_workers=2,
                 progress=False, log=lambda *_: None)  # fmt: skip
     assert store.entries() == []
+
+
+def test_default_chunks_are_whole_batches():
+    from featstore.extract import default_chunk_rows
+    from featstore.teachers import teacher_outputs
+
+    tokens = teacher_outputs("bigG")["tokens"]  # 0.8125 MiB per row in fp16
+    assert default_chunk_rows(tokens, "float16") == 39  # ~32 MiB
+    assert default_chunk_rows(tokens, "float16", batch_size=16) == 32
+    assert default_chunk_rows(tokens, "float16", batch_size=64) == 64  # never below one batch
+    assert default_chunk_rows(teacher_outputs("bigG")["embeds"], "float16", 100) % 100 == 0
+
+
+def test_local_hf_copy_is_loaded_and_keyed_by_content(captions, tmp_path, store, text_tiny):
+    """The real loading path (from_pretrained on a local copy), keyed by file content."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from featstore.teachers.clip_text import TINY_TEXT, bundled_clip_tokenizer_files
+
+    torch.manual_seed(3)
+    model = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT))
+    local = tmp_path / "clip-text-local"
+    model.save_pretrained(local)
+    files = bundled_clip_tokenizer_files()
+    CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt")).save_pretrained(local)
+    teacher = create_teacher("clip-l-text-tiny", weights=str(local))
+    assert teacher.weights["kind"] == "path"
+    src = open_source(captions)
+    entry = open_entry(run(teacher, src, store, dtype="float32").entries[0].key, store)
+    ids = torch.stack([text_tiny.preprocessor(src.load(i)) for i in range(len(src))])
+    with torch.inference_mode():
+        want = model.eval()(input_ids=ids).text_embeds.numpy()
+    np.testing.assert_allclose(entry.gather(np.arange(len(src))), want, atol=1e-5)
+
+    before = entry_keys(teacher, src, ["pooled"], "float32")["pooled"][0]
+    torch.manual_seed(4)
+    CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT)).save_pretrained(local)
+    changed = create_teacher("clip-l-text-tiny", weights=str(local))
+    assert entry_keys(changed, src, ["pooled"], "float32")["pooled"][0] != before
+
+
+def test_text_teacher_rejects_image_preprocessing():
+    from featstore.errors import FeatstoreError
+
+    with pytest.raises(FeatstoreError, match="takes no --preprocessing"):
+        create_teacher("clip-l-text-tiny", weights="random", preprocessing="mindeye")

@@ -142,9 +142,13 @@ def test_ragged_resume_after_interrupt(captions, store, monkeypatch):
 
     monkeypatch.setattr(writer.EntryWriter, "commit", commit)
     with pytest.raises(KeyboardInterrupt):
-        run(WordVectors(), open_source(captions), store, dtype="float32", chunk_rows=3)
+        run(
+            WordVectors(), open_source(captions), store, dtype="float32", chunk_rows=3, batch_size=3
+        )
     monkeypatch.setattr(writer.EntryWriter, "commit", real)
-    result = run(WordVectors(), open_source(captions), store, dtype="float32", chunk_rows=3)
+    result = run(
+        WordVectors(), open_source(captions), store, dtype="float32", chunk_rows=3, batch_size=3
+    )
     assert result.entries[0].status == "resumed" and result.items_computed == 4
     e = open_entry(result.entries[0].key, store)
     src = open_source(captions)

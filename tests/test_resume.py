@@ -18,7 +18,7 @@ from featstore.sources import open_source
 from featstore.store import Store
 from featstore.teachers import create_teacher
 
-N, CHUNK, BATCH = 20, 4, 3  # 5 units; batches straddle unit boundaries on purpose
+N, CHUNK, BATCH = 20, 4, 2  # 5 units of 2 batches
 
 KILLER = textwrap.dedent(
     """
@@ -62,11 +62,11 @@ KILLER = textwrap.dedent(
 )
 
 
-def run_killed(tmp_path, mode, k, source, store_root):
+def run_killed(tmp_path, mode, k, source, store_root, batch=BATCH):
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     proc = subprocess.run(
-        [sys.executable, str(script), mode, str(k), str(source), str(store_root), str(BATCH),
+        [sys.executable, str(script), mode, str(k), str(source), str(store_root), str(batch),
          str(CHUNK)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -136,6 +136,24 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, reference, mode, k):
     )
     assert not (store.root / "_progress" / key).exists()
     assert open_entry(key, store).verify_all() == []
+
+
+def test_resume_with_batches_straddling_chunks_is_still_byte_identical(tmp_path, reference):
+    """An explicit --chunk-rows that is no multiple of the batch: the batch grid is global, so
+    the rows of a committed unit sharing a batch are recomputed (not rewritten) and every item
+    is computed in the same batch as in an uninterrupted run."""
+    source, _, _ = reference
+    ref = Store(tmp_path / "ref")
+    key = extract(create_teacher("bigG-tiny", weights="random"), open_source(source), ref,
+                  batch_size=3, chunk_rows=CHUNK, num_workers=0, progress=False,
+                  log=lambda *_: None).entries[0].key  # fmt: skip
+    store = Store(tmp_path / "store")
+    run_killed(tmp_path, "after-commits", 2, source, store.root, batch=3)
+    result = extract(create_teacher("bigG-tiny", weights="random"), open_source(source), store,
+                     batch_size=3, chunk_rows=CHUNK, num_workers=0, progress=False,
+                     log=lambda *_: None)  # fmt: skip
+    assert result.items_computed == N - 6  # batches [6,9), [9,12) ... rows 6, 7 recomputed
+    assert array_files(store.entry_path(key)) == array_files(ref.entry_path(key))
 
 
 def test_interrupt_keeps_committed_chunks_and_releases_lock(nsd_hdf5, store, bigg_tiny,

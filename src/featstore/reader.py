@@ -316,6 +316,12 @@ class Entry:
             )
         return np.array([self._index[k] for k in keys], dtype=np.int64)
 
+    def contains(self, ids: list | np.ndarray) -> np.ndarray:
+        """A boolean mask: which ids have a row in this entry."""
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self.ids.tolist())}
+        return np.array([k in self._index for k in np.asarray(ids).tolist()], dtype=bool)
+
     def by_id(self, item_id: Any) -> np.ndarray:
         return self[int(self.positions([item_id])[0])]
 

@@ -5,8 +5,8 @@
 """
 
 from .errors import HeadsError
-from .registry import HeadSpec, get_head, list_heads, register_head
+from .registry import HeadSpec, build_head, get_head, list_heads, register_head
 from .train import Head, Progress, train
 
-__all__ = ["Head", "HeadSpec", "HeadsError", "Progress", "get_head", "list_heads",
+__all__ = ["Head", "HeadSpec", "HeadsError", "Progress", "build_head", "get_head", "list_heads",
            "register_head", "train"]  # fmt: skip

@@ -19,29 +19,37 @@ from featstore.sources import open_source
 from featstore.teachers import create_teacher
 
 from . import config as config_mod
-from .registry import get_head
+from .registry import build_head, get_head
 from .synthetic import write_images, write_subject
 from .train import train
 
 N_IMAGES, N_TEST = 240, 40
 
 
-def prepare(workdir: Path, progress: bool = False, log: Callable[[str], None] = print,
-            seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def prepare(
+    workdir: Path,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    seed: int = 0,
+    n_images: int = N_IMAGES,
+    n_test: int = N_TEST,
+    n_voxels: int = 400,
+) -> dict[str, Any]:
     """Write the synthetic dataset and run stage one; returns the config overrides for it."""
     workdir.mkdir(parents=True, exist_ok=True)
-    images, captions = write_images(workdir, N_IMAGES, seed)
+    images, captions = write_images(workdir, n_images, seed)
     store = Store(workdir / "store")
     log(f"stage one: synthetic images and captions in {workdir}, store {store.root}")
     tokens = extract(create_teacher("bigG-tiny", weights="random"), open_source(images), store,
                      outputs=["tokens"], batch_size=16, progress=progress, log=log)  # fmt: skip
-    covered = np.arange(0, N_IMAGES, 4)[:, None] + np.arange(3)  # 3 of every 4 images have text
+    covered = np.arange(0, n_images, 4)[:, None] + np.arange(3)  # 3 of every 4 images have text
+    covered = covered[covered < n_images]
     text = extract(create_teacher("clip-l-text-tiny", weights="random"),
                    open_source(captions, ids=covered.reshape(-1).tolist()), store,
                    outputs=["pooled"], batch_size=64, progress=progress, log=log)  # fmt: skip
     token_key, text_key = tokens.entries[0].key, text.entries[0].key
-    all_tokens = open_entry(token_key, store).gather(np.arange(N_IMAGES))
-    betas, trials = write_subject(workdir, all_tokens, N_TEST, seed=seed)
+    all_tokens = open_entry(token_key, store).gather(np.arange(n_images))
+    betas, trials = write_subject(workdir, all_tokens, n_test, n_voxels=n_voxels, seed=seed)
     return {
         "data": {"store": str(store.root), "image_targets": token_key, "text_targets": text_key,
                  "trials": [str(trials)], "betas": [str(betas)], "num_sessions": 3,
@@ -62,7 +70,7 @@ def run_demo(workdir: Path, progress: bool = True, log: Callable[[str], None] = 
 
         shutil.rmtree(run_dir)
     log("\nstage two: heads train mindeye (synthetic NSD-like data)")
-    head = spec.build(cfg)
+    head = build_head(spec, cfg)
     train(head, cfg, run_dir, progress=progress, log=log)
     report = spec.evaluate(head, run_dir)
     log("\nheads eval mindeye (test images, outputs averaged over 3 repeats):")

@@ -28,6 +28,14 @@ class HeadSpec:
 _HEADS: dict[str, HeadSpec] = {}
 
 
+def build_head(spec: HeadSpec, cfg: dict[str, Any]) -> Any:
+    """Seed (``train.seed``), then build: the initial weights are part of a run's config."""
+    from .train import seed_everything
+
+    seed_everything(cfg["train"]["seed"])
+    return spec.build(cfg)
+
+
 def register_head(spec: HeadSpec) -> None:
     _HEADS[spec.name] = spec
 

@@ -13,9 +13,10 @@ Checked against the public MedARC-AI/MindEyeV2 code (our own code; facts only):
 * ``src/Train.py`` @ 0541a41a: ``RidgeRegression`` = one ``Linear(V_s, h)`` per subject, applied
   to ``[B, seq, V_s]``; "ridge" is only AdamW's weight decay 1e-2.
 
-State-dict keys mirror the original (``ridge.linears.{s}.*``, ``backbone.mixer_blocks1.{i}.0.*``
-(LN), ``.1.0.*`` / ``.1.3.*`` (Linears), ``backbone.backbone_linear.*``, ``backbone.clip_proj.{0..8}.*``)
-so a MindEye2 checkpoint loads with ``strict=False`` (its blurry/prior keys are then ignored).
+State-dict keys mirror the original (``ridge.linears.{s}.*``;
+``backbone.mixer_blocks{1,2}.{i}.0.*`` = LN, ``.1.0.*`` / ``.1.3.*`` = Linears;
+``backbone.backbone_linear.*``; ``backbone.clip_proj.{0,2,3,5,6,8}.*``), so a MindEye2 checkpoint
+loads with ``strict=False`` (its blurry/prior keys are then ignored).
 
 Left out on purpose: the blurry branch (``blin1``/``bupsampler``/``b_maps_projector`` -> SD-VAE
 latents ``[B,4,28,28]``) and the diffusion prior; only the retrieval (``clip_voxels``) and

@@ -19,7 +19,7 @@ from featstore import Store, open_entry
 
 from ..data.nsd import BETAS_ROW, IMAGE, Betas, read_trials, split_trials
 from ..errors import HeadsError
-from ..losses import cosine_temperature, info_nce, mixco_nce, mixco_per_subject, soft_clip_loss
+from ..losses import info_nce, mixco_nce, mixco_per_subject, soft_clip_loss, soft_clip_temperature
 from ..models.mindeye import MindEyeModel
 from ..registry import HeadSpec, register_head
 from ..train import Head, Progress
@@ -38,15 +38,14 @@ def _open_targets(key: str, store: Store, what: str):
     return entry
 
 
-def _rows_for(entry, image_ids: np.ndarray, what: str) -> np.ndarray:
-    try:
-        return entry.positions(image_ids)
-    except KeyError as e:
+def _check_covered(entry, image_ids: np.ndarray, what: str) -> None:
+    missing = image_ids[~entry.contains(image_ids)]
+    if len(missing):
         raise HeadsError(
-            f"trial images are missing from data.{what} ({entry.key}, teacher "
-            f"{entry.manifest.get('teacher')}): {str(e).strip(chr(34))}. Extract the targets over "
-            f"every image the trials use."
-        ) from None
+            f"{len(missing)} of {len(image_ids)} trial images are missing from data.{what} "
+            f"({entry.key}, teacher {entry.manifest.get('teacher')}); first: "
+            f"{missing[:5].tolist()}. Extract the targets over every image the trials use."
+        )
 
 
 class MindEyeHead(Head):
@@ -75,7 +74,7 @@ class MindEyeHead(Head):
                 raise HeadsError(f"{name}: the trial table points at betas row {used.max()}, but "
                                  f"{betas.path} has {len(betas)} rows.")  # fmt: skip
             images = np.concatenate([split.train[:, IMAGE], split.test_images]).astype(np.int64)
-            _rows_for(self.targets, np.unique(images), "image_targets")
+            _check_covered(self.targets, np.unique(images), "image_targets")
             self.subjects.append({"name": name, "split": split, "betas": betas})
         self.n_voxels = [s["betas"].n_voxels for s in self.subjects]
         n_tokens, dim = self.targets.row_shape
@@ -148,10 +147,10 @@ class MindEyeHead(Head):
             loss_clip = mixco_nce(pred, targ, temp=L["mixco_temp"], perm=perm, betas=betas,
                                   select=select)  # fmt: skip
         else:
-            spe = progress.steps_per_epoch
-            done = progress.step - mixup_epochs * spe
-            frac = done / max(1, (progress.epochs - mixup_epochs) * spe)
-            temp = cosine_temperature(frac, L["softclip_temp_start"], L["softclip_temp_end"])
+            temp = soft_clip_temperature(
+                progress.epoch, progress.epochs, L["mixup_pct"],
+                L["softclip_temp_start"], L["softclip_temp_end"],
+            )  # fmt: skip
             loss_clip = soft_clip_loss(pred, targ, temp=temp)
         loss = L["clip_scale"] * loss_clip
         parts = {"loss_clip": loss_clip.item(), "mixup": float(mixup)}

@@ -1,0 +1,214 @@
+"""MindEye end to end on synthetic NSD-like files in the original layouts: learning, resume,
+multi-subject batching, evaluation and every bad input the issue lists."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from featstore import Store
+from featstore_cli.heads_app import app
+from heads import build_head, get_head
+from heads import config as config_mod
+from heads.demo import prepare
+from heads.errors import HeadsError
+from heads.synthetic import write_subject
+from heads.train import load_weights, read_metrics, train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """64 synthetic images (16 shared test images x 3 repeats), stage one already run."""
+    root = tmp_path_factory.mktemp("nsd")
+    overrides = prepare(root, log=lambda *_: None, n_images=64, n_test=16, n_voxels=120)
+    overrides["model"] = {"hidden": 64, "n_blocks": 1}
+    overrides["train"] = {"epochs": 6, "batch_size": 8, "lr": 1e-3, "log_every": 2}
+    return root, overrides
+
+
+def make_cfg(overrides, **changes):
+    cfg = config_mod.merge(get_head("mindeye").defaults(), overrides)
+    return config_mod.merge(cfg, changes)
+
+
+def quiet_train(cfg, run_dir, **kw):
+    head = build_head(get_head("mindeye"), cfg)
+    return head, train(head, cfg, run_dir, progress=False, log=lambda *_: None, **kw)
+
+
+def test_planted_signal_is_learned(dataset, tmp_path):
+    _, overrides = dataset
+    head, last = quiet_train(make_cfg(overrides), tmp_path / "run")
+    report = get_head("mindeye").evaluate(head, tmp_path / "run")
+    scores = report["subjects"]["subj1"]
+    assert scores["image_top1"]["way"] == 16 and scores["image_top1"]["chance"] == 1 / 16
+    # 48 training trials only: demand 4x chance (measured here: 44% / 44%, chance 6.25%)
+    assert scores["image_top1"]["mean"] > 0.25 and scores["brain_top1"]["mean"] > 0.25
+    assert "text_top1" in scores  # TextAlign evaluated on covered test images
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "model.safetensors", "checkpoints/last.pt",
+                 "plots/training.png", "plots/eval.png", "eval.json"):  # fmt: skip
+        assert (run / name).exists(), name
+    epochs = [r for r in read_metrics(run) if "train_loss" in r]
+    assert len(epochs) == 6 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    steps = [r for r in read_metrics(run) if "loss" in r]
+    assert {r["mixup"] for r in steps} == {0.0, 1.0}  # MixCo first, then SoftCLIP
+    assert all(0 < r["text_covered"] <= 1 for r in steps)
+
+
+def test_text_head_is_trained(dataset, tmp_path):
+    """The seed never gave TextAlignHead to its optimizer; here its weights must move."""
+    _, overrides = dataset
+    cfg = make_cfg(overrides, train={"epochs": 1})
+    head = build_head(get_head("mindeye"), cfg)
+    before = {k: v.clone() for k, v in head.model.text_head.state_dict().items()}
+    train(head, cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    after = head.model.text_head.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+
+
+def test_resume_reaches_the_same_metrics(dataset, tmp_path):
+    _, overrides = dataset
+    cfg = make_cfg(overrides, train={"epochs": 3})
+    _, straight = quiet_train(cfg, tmp_path / "straight")
+    quiet_train(cfg, tmp_path / "resumed", stop_after_epoch=1)
+    assert len([r for r in read_metrics(tmp_path / "resumed") if "train_loss" in r]) == 1
+    _, resumed = quiet_train(cfg, tmp_path / "resumed", resume=True)
+    for key in ("train_loss", "image_top1", "brain_top1", "step"):
+        assert resumed[key] == straight[key], key
+    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_multi_subject_batches_split_the_global_batch(dataset, tmp_path):
+    root, overrides = dataset
+    store = Store(overrides["data"]["store"])
+    from featstore import open_entry
+
+    tokens = open_entry(overrides["data"]["image_targets"], store).gather(np.arange(64))
+    betas2, trials2 = write_subject(tmp_path, tokens, 16, n_voxels=90, seed=5, subject=2)
+    data = {"trials": [*overrides["data"]["trials"], str(trials2)],
+            "betas": [*overrides["data"]["betas"], str(betas2)]}  # fmt: skip
+    cfg = make_cfg(overrides, data=data, train={"epochs": 1})
+    head = build_head(get_head("mindeye"), cfg)
+    assert head.n_voxels == [120, 90] and head.per_subject == 4
+    batch = next(head.batches(0, np.random.default_rng(0)))
+    assert [v.shape for v in batch["voxels"]] == [(4, 120), (4, 90)]
+    assert batch["targets"].shape == (8, 256, 64)
+    train(head, cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    report = get_head("mindeye").evaluate(head, tmp_path / "run")
+    assert set(report["subjects"]) == {"subj1", "subj2"}
+
+
+def test_cli_train_eval_and_list(dataset, tmp_path):
+    _, overrides = dataset
+    cfg_file = tmp_path / "demo.toml"
+    d = overrides["data"]
+    cfg_file.write_text(
+        "[data]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in d.items())
+        + "\n[model]\nhidden = 32\nn_blocks = 1\n"
+    )  # fmt: skip
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "mindeye", "-c", str(cfg_file), "--set",
+                                 "train.epochs=2", "--set", "train.batch_size=8",
+                                 "--run-dir", str(run), "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+    result = runner.invoke(app, ["eval", "mindeye", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "subj1 image_top1:" in result.output and "16-way" in result.output
+    assert "mindeye" in runner.invoke(app, ["list"]).output
+    again = runner.invoke(app, ["train", "mindeye", "-c", str(cfg_file), "--run-dir", str(run)])
+    assert again.exit_code == 1 and "already holds a run" in again.output
+    changed = runner.invoke(app, ["train", "mindeye", "--resume", str(run), "--set",
+                                  "model.hidden=64"])  # fmt: skip
+    assert changed.exit_code == 1
+    assert "--resume with a different config (model.hidden: 32 -> 64)" in changed.output
+
+
+def test_voxel_count_differing_from_checkpoint(dataset, tmp_path):
+    _, overrides = dataset
+    head, _ = quiet_train(make_cfg(overrides, train={"epochs": 1}), tmp_path / "run")
+    from featstore import open_entry
+
+    tokens = open_entry(overrides["data"]["image_targets"],
+                        Store(overrides["data"]["store"])).gather(np.arange(64))  # fmt: skip
+    other, _ = write_subject(tmp_path, tokens, 16, n_voxels=77, seed=9)
+    cfg = make_cfg(overrides, data={"betas": [str(other)]})
+    with pytest.raises(HeadsError, match=r"ridge.*run has \[64, 120\], model has \[64, 77\]"):
+        load_weights(build_head(get_head("mindeye"), cfg).model, tmp_path / "run")
+
+
+def test_target_cache_shape_differing_from_the_model(dataset, tmp_path):
+    root, overrides = dataset
+    head, _ = quiet_train(make_cfg(overrides, train={"epochs": 1}), tmp_path / "run")
+    from featstore.extract import extract
+    from featstore.sources import open_source
+    from featstore.teachers import create_teacher
+
+    store = Store(overrides["data"]["store"])
+    embeds = extract(create_teacher("bigG-tiny", weights="random", preprocessing="mindeye"),
+                     open_source(root / "coco_images_224_float16.hdf5"), store,
+                     outputs=["tokens"], dtype="float32", progress=False,
+                     log=lambda *_: None).entries[0].key  # fmt: skip
+    cfg = make_cfg(overrides, data={"image_targets": embeds}, model={"hidden": 32})
+    with pytest.raises(HeadsError, match="do not fit"):
+        load_weights(build_head(get_head("mindeye"), cfg).model, tmp_path / "run")
+    flat = extract(create_teacher("bigG-tiny", weights="random"),
+                   open_source(root / "coco_images_224_float16.hdf5"), store,
+                   outputs=["embeds"], progress=False, log=lambda *_: None)  # fmt: skip
+    flat = flat.entries[0].key
+    with pytest.raises(HeadsError, match=r"rows \(32,\); MindEye needs token rows"):
+        build_head(get_head("mindeye"), make_cfg(overrides, data={"image_targets": flat}))
+
+
+def test_trial_images_missing_from_the_cache(dataset, tmp_path):
+    root, overrides = dataset
+    from featstore.extract import extract
+    from featstore.sources import open_source
+    from featstore.teachers import create_teacher
+
+    store = Store(overrides["data"]["store"])
+    partial = extract(create_teacher("bigG-tiny", weights="random"),
+                      open_source(root / "coco_images_224_float16.hdf5", row_range="0:50"),
+                      store, outputs=["tokens"], progress=False,
+                      log=lambda *_: None).entries[0].key  # fmt: skip
+    with pytest.raises(HeadsError, match=rf"14 of 64 trial images are missing from "
+                                         rf"data.image_targets \({partial}, teacher bigG-tiny\); "
+                                         r"first: \[50, 51"):  # fmt: skip
+        build_head(get_head("mindeye"), make_cfg(overrides, data={"image_targets": partial}))
+
+
+def test_nan_in_betas_is_reported_where(dataset, tmp_path):
+    _, overrides = dataset
+    bad = tmp_path / "betas.hdf5"
+    with h5py.File(overrides["data"]["betas"][0]) as f:
+        data = f["betas"][:]
+    data[5, 17] = np.inf
+    with h5py.File(bad, "w") as f:
+        f.create_dataset("betas", data=data)
+    cfg = make_cfg(overrides, data={"betas": [str(bad)], "preload_betas": True})
+    with pytest.raises(HeadsError, match="betas row 5, voxel 17 is inf"):
+        build_head(get_head("mindeye"), cfg)
+
+
+def test_num_sessions_beyond_the_data(dataset):
+    _, overrides = dataset
+    with pytest.raises(HeadsError, match="num_sessions=9, but the trial table has 3 sessions"):
+        build_head(get_head("mindeye"), make_cfg(overrides, data={"num_sessions": 9}))
+
+
+def test_unknown_config_key_and_missing_targets(dataset):
+    _, overrides = dataset
+    with pytest.raises(HeadsError, match="unknown config key 'model.hiden'"):
+        make_cfg(overrides, model={"hiden": 3})
+    with pytest.raises(HeadsError, match="data.image_targets is not set"):
+        build_head(get_head("mindeye"), make_cfg(overrides, data={"image_targets": ""}))
