@@ -212,3 +212,31 @@ def test_unknown_config_key_and_missing_targets(dataset):
         make_cfg(overrides, model={"hiden": 3})
     with pytest.raises(HeadsError, match="data.image_targets is not set"):
         build_head(get_head("mindeye"), make_cfg(overrides, data={"image_targets": ""}))
+
+
+def test_hard_negative_text_features(dataset, tmp_path):
+    root, overrides = dataset
+    from featstore.extract import extract
+    from featstore.sources import open_source
+    from featstore.teachers import create_teacher
+
+    # labelled stand-in: the same captions through differently seeded weights, keyed like them
+    text = Store(overrides["data"]["store"])
+    ids = open_source(root / "captions.jsonl").ids.tolist()
+    negs = extract(create_teacher("clip-l-text-tiny", weights="random", seed=11),
+                   open_source(root / "captions.jsonl", ids=ids), text, outputs=["pooled"],
+                   progress=False, log=lambda *_: None).entries[0].key  # fmt: skip
+    cfg = make_cfg(overrides, data={"hard_negatives": negs}, train={"epochs": 1})
+    head = build_head(get_head("mindeye"), cfg)
+    batch = next(head.batches(0, np.random.default_rng(0)))
+    assert batch["negatives"].shape == batch["text"].shape
+    from heads.train import Progress
+
+    loss, parts = head.training_step(batch, Progress(0, 0, 1, head.steps_per_epoch()))
+    assert torch.isfinite(loss) and parts["loss_text"] > 0
+
+
+def test_per_block_residual_option(dataset):
+    _, overrides = dataset
+    head = build_head(get_head("mindeye"), make_cfg(overrides, model={"residual": "per_block"}))
+    assert head.model.backbone.residual == "per_block"

@@ -82,7 +82,7 @@ class MindEyeHead(Head):
         self.model = MindEyeModel(
             n_voxels=self.n_voxels, hidden=m["hidden"], n_blocks=m["n_blocks"],
             clip_tokens=n_tokens, clip_dim=dim, text_dim=self.text_dim,
-            text_hidden=m["text_hidden"], dropout=m["dropout"],
+            text_hidden=m["text_hidden"], dropout=m["dropout"], residual=m["residual"],
         )  # fmt: skip
         self.per_subject = t["batch_size"] // len(self.subjects)
         if self.per_subject < 1:
