@@ -96,11 +96,10 @@ def evaluate(
     model_head = build_head(spec, cfg)
     load_weights(model_head.model, run)
     report = spec.evaluate(model_head, run)
-    for subject, scores in report["subjects"].items():
-        for metric, s in scores.items():
-            if isinstance(s, dict):
-                typer.echo(f"{subject} {metric}: {s['mean']:.1%} ± {s['ci95']:.1%} "
-                           f"({s['way']}-way, chance {s['chance']:.1%})")  # fmt: skip
+    from heads.report import format_report
+
+    for line in format_report(report):
+        typer.echo(line)
     typer.echo(f"wrote {run / 'eval.json'} and {run / 'plots' / 'eval.png'}")
 
 

@@ -49,8 +49,11 @@ def synthetic_scene(rng: np.random.Generator, size: int = 224) -> tuple[np.ndarr
     return img, f"a {names[fg]} {shape} on a {names[bg]} background"
 
 
-def write_demo_data(workdir: Path, n_images: int = 48, seed: int = 0) -> dict[str, Path]:
-    """NSD-style ``images`` HDF5 (fp16 [0,1], channels first), an image folder, captions JSONL."""
+def write_scenes(
+    workdir: Path, n_images: int, seed: int = 0
+) -> tuple[Path, Path, list[tuple[np.ndarray, str]]]:
+    """Synthetic scenes as NSD's ``coco_images_224_float16.hdf5`` (``images`` fp16 [0,1],
+    channels first) and ``captions.jsonl`` (id = row); returns both paths and the scenes."""
     rng = np.random.default_rng(seed)
     workdir.mkdir(parents=True, exist_ok=True)
     scenes = [synthetic_scene(rng) for _ in range(n_images)]
@@ -58,14 +61,20 @@ def write_demo_data(workdir: Path, n_images: int = 48, seed: int = 0) -> dict[st
     with h5py.File(hdf5, "w") as f:
         arr = np.stack([s[0] for s in scenes]).transpose(0, 3, 1, 2).astype(np.float16) / 255
         f.create_dataset("images", data=arr)
-    folder = workdir / "images"
-    folder.mkdir(exist_ok=True)
-    for i, (img, _) in enumerate(scenes[:16]):
-        Image.fromarray(img).save(folder / f"scene_{i:03d}.png")
     captions = workdir / "captions.jsonl"
     with open(captions, "w") as f:
         for i, (_, caption) in enumerate(scenes):
             f.write(json.dumps({"id": i, "text": caption}) + "\n")
+    return hdf5, captions, scenes
+
+
+def write_demo_data(workdir: Path, n_images: int = 48, seed: int = 0) -> dict[str, Path]:
+    """The scenes' HDF5 and captions, plus an image folder of the first 16 as PNG."""
+    hdf5, captions, scenes = write_scenes(workdir, n_images, seed)
+    folder = workdir / "images"
+    folder.mkdir(exist_ok=True)
+    for i, (img, _) in enumerate(scenes[:16]):
+        Image.fromarray(img).save(folder / f"scene_{i:03d}.png")
     return {"hdf5": hdf5, "folder": folder, "captions": captions}
 
 

@@ -74,11 +74,10 @@ def run_demo(workdir: Path, progress: bool = True, log: Callable[[str], None] = 
     train(head, cfg, run_dir, progress=progress, log=log)
     report = spec.evaluate(head, run_dir)
     log("\nheads eval mindeye (test images, outputs averaged over 3 repeats):")
-    for name, scores in report["subjects"].items():
-        for metric, s in scores.items():
-            if isinstance(s, dict):
-                log(f"  {name} {metric}: {s['mean']:.1%} ± {s['ci95']:.1%} "
-                    f"({s['way']}-way; chance {s['chance']:.1%})")  # fmt: skip
+    from .report import format_report
+
+    for line in format_report(report):
+        log(f"  {line}")
     log(f"\nrun directory: {run_dir}  (config.json, metrics.jsonl, model.safetensors, plots/)")
     (workdir / "demo-summary.json").write_text(json.dumps(report, indent=2))
     return report

@@ -13,9 +13,7 @@ Files: ``coco_images_224_float16.hdf5`` (``images``), ``captions.jsonl`` (ids = 
 from __future__ import annotations
 
 import io
-import json
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -24,28 +22,11 @@ import numpy as np
 from .data.nsd import BETAS_ROW, IMAGE, N_COLUMNS, SESSION, SHARED1000, SUBJECT
 
 
-@dataclass
-class SyntheticNsd:
-    images: Path
-    captions: Path
-    betas: Path
-    trials: Path
-    n_images: int
-    n_test_images: int
-
-
 def write_images(workdir: Path, n_images: int, seed: int) -> tuple[Path, Path]:
-    from featstore.demo import synthetic_scene
+    """The images HDF5 and captions JSONL (featstore's demo scenes)."""
+    from featstore.demo import write_scenes
 
-    rng = np.random.default_rng(seed)
-    scenes = [synthetic_scene(rng) for _ in range(n_images)]
-    images = workdir / "coco_images_224_float16.hdf5"
-    with h5py.File(images, "w") as f:
-        arr = np.stack([s[0] for s in scenes]).transpose(0, 3, 1, 2).astype(np.float16) / 255
-        f.create_dataset("images", data=arr)
-    captions = workdir / "captions.jsonl"
-    captions.write_text("".join(json.dumps({"id": i, "text": c}) + "\n"
-                                for i, (_, c) in enumerate(scenes)))  # fmt: skip
+    images, captions, _ = write_scenes(workdir, n_images, seed)
     return images, captions
 
 
