@@ -67,18 +67,33 @@ def extract(
     ),
     chunk_rows: int = typer.Option(None, help="Rows per chunk [default: ~32 MiB chunks]."),
     compression: str = typer.Option("none", help="none (zero-copy reads), lz4 or zstd (archive)."),
+    normalize: str = typer.Option("none", help="none, or l2: unit-length rows (part of the key)."),
     id_field: str = typer.Option("id", help="Id field of JSONL/CSV/JSON-object text lists."),
     text_field: str = typer.Option("text", help="Text field of JSONL/CSV/JSON-object text lists."),
+    source_option: list[str] = typer.Option(
+        None,
+        "--source-option",
+        help="KEY=VALUE for the source reader (repeatable), e.g. "
+        "images_root=/data/THINGS; see docs/sources.md.",
+    ),
     seed: int = typer.Option(0, help="Seed for --weights random."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Extract a teacher's outputs over a source (a no-op if the entry is complete; resumes if not)."""  # noqa: E501
+    from featstore.errors import FeatstoreError
     from featstore.extract import extract as run_extract
     from featstore.sources import open_source
     from featstore.teachers import create_teacher, get_spec
 
     spec = get_spec(teacher)  # unknown names fail before anything is loaded
-    options = {"id_field": id_field, "text_field": text_field} if spec.modality == "text" else {}
+    options = {}
+    if spec.modality == "text" and (source_kind or "text-list") == "text-list":
+        options = {"id_field": id_field, "text_field": text_field}
+    for item in source_option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FeatstoreError(f"--source-option {item!r} must look like KEY=VALUE")
+        options[key.strip().replace("-", "_")] = value
     src = open_source(source, kind=source_kind, ids=ids, row_range=row_range, **options)
     teacher_options = {"weights": weights, "seed": seed}
     if preprocessing:
@@ -88,7 +103,7 @@ def extract(
     result = run_extract(
         model, src, st, outputs=output or None, dtype=dtype, batch_size=batch_size,
         num_workers=num_workers, device=device, precision=precision, chunk_rows=chunk_rows,
-        compression=compression, progress=not quiet, log=typer.echo,
+        compression=compression, normalize=normalize, progress=not quiet, log=typer.echo,
     )  # fmt: skip
     for e in result.entries:
         typer.echo(f"{e.status:>9}  {e.key}  {teacher}/{e.output}  n={e.n_rows}  {e.path}")

@@ -31,6 +31,7 @@ from .teachers.base import OutputSpec, Teacher
 from .writer import EntryWriter, progress_dir
 
 DTYPES = ("float16", "float32")
+NORMALIZATIONS = ("none", "l2")
 TARGET_CHUNK_BYTES = 32 << 20
 RAGGED_CHUNK_ITEMS = 64
 
@@ -96,14 +97,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def entry_keys(
-    teacher: Teacher, source: Source, outputs: list[str], dtype: str, memo=None
+    teacher: Teacher,
+    source: Source,
+    outputs: list[str],
+    dtype: str,
+    memo=None,
+    normalize: str = "none",
 ) -> dict[str, tuple[str, dict[str, Any]]]:
     """``{output: (key, key_inputs)}`` for a teacher over a source."""
     fingerprint = source.fingerprint(memo)
     identity = teacher.identity()
     keys = {}
     for kind in outputs:
-        inputs = {**identity, "output": kind, "dtype": dtype, "source": fingerprint}
+        inputs = {**identity, "output": kind, "dtype": dtype, "normalize": normalize,
+                  "source": fingerprint}  # fmt: skip
         keys[kind] = (cache_key(inputs), inputs)
     return keys
 
@@ -193,11 +200,17 @@ class _Assembler:
         return done
 
 
-def _to_numpy(value: Any, dtype: str, ragged: bool) -> Any:
+def _to_numpy(value: Any, dtype: str, ragged: bool, normalize: str = "none") -> Any:
+    """Stored rows: optionally L2-normalized along the last axis (each vector, token or frame)."""
     np_dtype = getattr(torch, dtype)
-    if ragged:
-        return [v.detach().to(np_dtype).cpu().numpy() for v in value]
-    return value.detach().to(np_dtype).cpu().numpy()
+
+    def convert(x: torch.Tensor):
+        x = x.detach()
+        if normalize == "l2":
+            x = torch.nn.functional.normalize(x.float(), dim=-1)
+        return x.to(np_dtype).cpu().numpy()
+
+    return [convert(v) for v in value] if ragged else convert(value)
 
 
 def _provenance(device: torch.device, batch_size: int, precision: str) -> dict[str, Any]:
@@ -231,6 +244,7 @@ def extract(
     precision: str = "auto",
     chunk_rows: int | None = None,
     compression: str | None = None,
+    normalize: str = "none",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ExtractResult:
@@ -249,6 +263,8 @@ def extract(
         )
     if dtype not in DTYPES:
         raise FeatstoreError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}.")
+    if normalize not in NORMALIZATIONS:
+        raise FeatstoreError(f"normalize {normalize!r} unknown; use none or l2.")
     if batch_size < 1:
         raise FeatstoreError("--batch-size must be at least 1.")
     if source.modality != teacher.modality:
@@ -258,7 +274,7 @@ def extract(
         )
     torch_device = resolve_device(device)
     store.ensure_writable()
-    keys = entry_keys(teacher, source, outputs, dtype, store.digest_memo())
+    keys = entry_keys(teacher, source, outputs, dtype, store.digest_memo(), normalize)
 
     result = ExtractResult(entries=[], device=str(torch_device))
     with contextlib.ExitStack() as locks:
@@ -320,6 +336,7 @@ def extract(
                     min(chunk_rows or default_chunk_rows(spec, dtype, batch_size),
                         max(1, len(source))),
                     compression,
+                    columns=source.columns(),
                 )  # fmt: skip
                 created.append(kind)
             writers[kind] = writer
@@ -331,7 +348,7 @@ def extract(
 
         try:
             _run(teacher, source, writers, result, torch_device, batch_size, num_workers,
-                 precision, dtype, progress, log)  # fmt: skip
+                 precision, dtype, normalize, progress, log)  # fmt: skip
         except SourceError:
             # The source's content defines the key: bad content can never complete this entry,
             # so nothing of it is kept.
@@ -353,6 +370,7 @@ def _run(
     num_workers: int | None,
     precision: str,
     dtype: str,
+    normalize: str,
     progress: bool,
     log: Callable[[str], None],
 ) -> None:
@@ -410,7 +428,7 @@ def _run(
                 ):  # fmt: skip
                     out = teacher.forward(batch, kinds)
                 for kind in kinds:
-                    values = _to_numpy(out[kind], dtype, ragged[kind])
+                    values = _to_numpy(out[kind], dtype, ragged[kind], normalize)
                     for unit, data in assemblers[kind].add(rows, values):
                         slots.acquire()
                         pending.append(pool.submit(write, writers[kind], unit, data))

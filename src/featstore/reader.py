@@ -316,6 +316,16 @@ class Entry:
             )
         return np.array([self._index[k] for k in keys], dtype=np.int64)
 
+    def column(self, name: str) -> np.ndarray:
+        """A per-item metadata column (e.g. ``image_id`` of captions), in row order."""
+        path = self.path / "columns" / name
+        if not (path / "zarr.json").exists():
+            have = sorted(p.name for p in (self.path / "columns").glob("*")) if (
+                self.path / "columns").is_dir() else []  # fmt: skip
+            raise KeyError(f"entry {self.key} has no column {name!r} (columns: {have or 'none'})")
+        values = zarr.open_array(str(path), mode="r")[:]
+        return values if values.dtype.kind in "iu" else np.asarray(values, dtype=object)
+
     def contains(self, ids: list | np.ndarray) -> np.ndarray:
         """A boolean mask: which ids have a row in this entry."""
         if self._index is None:

@@ -71,6 +71,19 @@ def ids_array(ids: list | np.ndarray) -> np.ndarray:
     return np.asarray([str(x) for x in arr.tolist()], dtype=object)
 
 
+def _write_column(group: zarr.Group, name: str, values: Any, n: int) -> None:
+    """A 1-d per-item array: int64 when every value is an integer, else strings."""
+    values = ids_array(values)
+    chunk = max(1, min(n, 1 << 16))
+    if values.dtype == object:
+        arr = group.create_array(name, shape=(n,), chunks=(chunk,), dtype=str)
+    else:
+        arr = group.create_array(name, shape=(n,), chunks=(chunk,), dtype="int64", fill_value=0)
+    if n:
+        with _writing():
+            arr[:] = values
+
+
 class EntryWriter:
     """Creates or reopens an entry and commits its units."""
 
@@ -105,9 +118,12 @@ class EntryWriter:
         ragged: bool,
         chunk_rows: int,
         compression: str | None = None,
+        columns: dict[str, np.ndarray] | None = None,
     ) -> EntryWriter:
         """Create the group, its arrays and the (incomplete) manifest. ``row_shape`` of a ragged
-        output is the shape of one frame, e.g. ``(1280,)`` for ``[T_i, 1280]`` items."""
+        output is the shape of one frame, e.g. ``(1280,)`` for ``[T_i, 1280]`` items.
+        ``columns`` are per-item metadata stored as ``columns/<name>`` (e.g. a caption's
+        image id), written with ``ids``."""
         n = len(ids)
         if path.exists():
             shutil.rmtree(path)
@@ -135,17 +151,11 @@ class EntryWriter:
                 fill_value=0,
                 **codecs,
             )
-        ids = ids_array(ids)
-        id_chunk = max(1, min(n, 1 << 16))
-        if ids.dtype == object:
-            arr = group.create_array("ids", shape=(n,), chunks=(id_chunk,), dtype=str)
-        else:
-            arr = group.create_array(
-                "ids", shape=(n,), chunks=(id_chunk,), dtype="int64", fill_value=0
-            )
-        if n:
-            with _writing():
-                arr[:] = ids
+        _write_column(group, "ids", ids, n)
+        for name, values in (columns or {}).items():
+            if len(values) != n:
+                raise StoreError(f"column {name!r} has {len(values)} values for {n} rows")
+            _write_column(group, f"columns/{name}", values, n)
         full = {
             **manifest,
             "format_version": FORMAT_VERSION,

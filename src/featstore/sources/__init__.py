@@ -48,7 +48,10 @@ def open_source(
     kind = kind or detect_kind(path)
     if kind not in SOURCES:
         raise SourceError(f"unknown source kind {kind!r}; known: {', '.join(SOURCES)}")
-    source = SOURCES[kind](path, **options)
+    try:
+        source = SOURCES[kind](path, **options)
+    except TypeError as e:  # an option this reader does not take
+        raise SourceError(f"source kind {kind!r}: {e}") from None
     if ids is not None or row_range is not None:
         source = source.select(ids=ids, row_range=row_range)
     return source

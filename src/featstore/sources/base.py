@@ -46,6 +46,12 @@ class Source:
         """Cache-key input: the kind, the ids in order and a hash of the selected content."""
         return {"kind": self.kind, "ids": hash_ids(self.ids), "content": self.content_digest(memo)}
 
+    def columns(self) -> dict[str, np.ndarray]:
+        """Per-item metadata stored beside ``ids`` (e.g. the image id of each caption), in item
+        order. Subclasses keep full-length arrays in ``self._columns``; selection slices them."""
+        cols = getattr(self, "_columns", {})
+        return {name: np.asarray(values)[self.positions] for name, values in cols.items()}
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path), "n": len(self)}
 

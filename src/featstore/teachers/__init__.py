@@ -10,12 +10,14 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import UnknownTeacherError
-from . import clip_text, openclip_vision
+from . import clip_text, clip_vision_hf, openclip_text, openclip_vision
 from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec
 
 _FAMILIES: dict[str, ModuleType] = {
     "openclip-vision": openclip_vision,
     "clip-text": clip_text,
+    "openclip-text": openclip_text,
+    "clip-vision-hf": clip_vision_hf,
 }
 _SPECS: dict[str, TeacherSpec] = {}
 
@@ -33,7 +35,7 @@ def register_family(name: str, module: ModuleType) -> None:
         register_teacher(spec)
 
 
-for _module in (openclip_vision, clip_text):
+for _module in (openclip_vision, clip_text, openclip_text, clip_vision_hf):
     for _spec in _module.SPECS:
         register_teacher(_spec)
 

@@ -7,7 +7,6 @@ seeded initialisation; tiny configs make CPU tests fast. Only the vision tower i
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FeatstoreError
+from ._openclip import build_clip, model_config, tiny_config
 from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -99,17 +99,6 @@ def _vision_geometry(model_cfg: dict[str, Any]) -> tuple[int, int, int, int]:
     return v["image_size"], v["patch_size"], v["width"], model_cfg["embed_dim"]
 
 
-def model_config(spec: TeacherSpec) -> dict[str, Any]:
-    if "model_cfg" in spec.config:
-        return spec.config["model_cfg"]
-    from open_clip import get_model_config
-
-    cfg = get_model_config(spec.config["arch"])
-    if cfg is None:
-        raise FeatstoreError(f"open_clip has no model config {spec.config['arch']!r}")
-    return cfg
-
-
 def outputs_for(spec: TeacherSpec) -> dict[str, OutputSpec]:
     size, patch, width, embed = _vision_geometry(model_config(spec))
     n_tokens = (size // patch) ** 2
@@ -131,39 +120,9 @@ class OpenClipVisionTeacher(Teacher):
         preprocessing: str = "standard",
         seed: int = 0,
     ):
-        import open_clip
-
         self.spec = spec
         self.outputs = outputs_for(spec)
-        cfg = model_config(spec)
-        arch = spec.config.get("arch")
-        if weights == "pretrained":
-            tag = spec.config.get("pretrained")
-            if tag is None:
-                raise FeatstoreError(
-                    f"teacher {spec.name} has no pretrained weights; use --weights random "
-                    f"or --weights PATH/TO/checkpoint"
-                )
-            model = _load(arch, tag)
-            self.weights = {"kind": "pretrained", "arch": arch, "tag": tag}
-        elif weights == "random":
-            torch.manual_seed(seed)
-            model = open_clip.model.CLIP(**cfg)
-            self.weights = {"kind": "random", "seed": seed}
-        else:
-            from ..hashing import file_digest
-
-            if not Path(weights).is_file():
-                raise FeatstoreError(
-                    f"--weights {weights!r} is neither 'pretrained', 'random' nor a "
-                    f"checkpoint file."
-                )
-            if "model_cfg" in spec.config:  # a config-defined variant: load into that config
-                model = open_clip.model.CLIP(**cfg)
-                open_clip.load_checkpoint(model, weights)
-            else:
-                model = _load(arch, weights)
-            self.weights = {"kind": "file", "sha256": file_digest(Path(weights))}
+        model, self.weights, cfg = build_clip(spec, weights, seed)
         self.model = model.visual.eval().requires_grad_(False)  # the text tower is not needed
         self.model.output_tokens = True
         self._cfg = cfg
@@ -179,32 +138,8 @@ class OpenClipVisionTeacher(Teacher):
         return {k: out[k] for k in kinds}
 
 
-def _load(arch: str, pretrained: str) -> torch.nn.Module:
-    import open_clip
-
-    try:
-        return open_clip.create_model(arch, pretrained=pretrained)
-    except (RuntimeError, OSError) as e:
-        raise FeatstoreError(
-            f"cannot load open_clip {arch} weights {pretrained!r}: {e}. Download them once with "
-            f"network access (they are then cached; HF_HUB_OFFLINE=1 works after that), or pass "
-            f"--weights /path/to/checkpoint."
-        ) from None
-
-
 def build(spec: TeacherSpec, **options: Any) -> OpenClipVisionTeacher:
     return OpenClipVisionTeacher(spec, **options)
-
-
-def _tiny(patch: int, width: int, embed: int) -> dict[str, Any]:
-    heads = max(1, width // 32)
-    return {
-        "embed_dim": embed,
-        "vision_cfg": {"image_size": 224, "layers": 2, "width": width, "head_width": width // heads,
-                       "mlp_ratio": 2.0, "patch_size": patch},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 1,
-                     "layers": 1},
-    }  # fmt: skip
 
 
 SPECS = [
@@ -215,8 +150,29 @@ SPECS = [
          "outputs": ["tokens", "embeds"]},
     ),
     TeacherSpec(
+        "clip-l-image", "openclip-vision", "image",
+        "CLIP ViT-L/14 (OpenAI weights) image embedding; NeuroBridge's target",
+        {"arch": "ViT-L-14", "pretrained": "openai", "outputs": ["embeds", "tokens"]},
+    ),
+    TeacherSpec(
+        "vitb32-image", "openclip-vision", "image",
+        "CLIP ViT-B/32 (OpenAI weights) encode_image; ViECap's inference-time image feature",
+        {"arch": "ViT-B-32", "pretrained": "openai", "outputs": ["embeds", "tokens"]},
+    ),
+    TeacherSpec(
         "bigG-tiny", "openclip-vision", "image",
         "bigG's architecture class at toy width (2 layers, width 64), random weights; for tests",
-        {"arch": "ViT-bigG-14", "model_cfg": _tiny(14, 64, 32), "outputs": ["tokens", "embeds"]},
+        {"arch": "ViT-bigG-14", "model_cfg": tiny_config(14, 64, 32),
+         "outputs": ["tokens", "embeds"]},
+    ),
+    TeacherSpec(
+        "clip-l-image-tiny", "openclip-vision", "image",
+        "clip-l-image's architecture class at toy width, random weights; for tests",
+        {"arch": "ViT-L-14", "model_cfg": tiny_config(14, 32, 24), "outputs": ["embeds", "tokens"]},
+    ),
+    TeacherSpec(
+        "vitb32-image-tiny", "openclip-vision", "image",
+        "vitb32-image's architecture class at toy width, random weights; for tests",
+        {"arch": "ViT-B-32", "model_cfg": tiny_config(32, 32, 16), "outputs": ["embeds", "tokens"]},
     ),
 ]  # fmt: skip
