@@ -24,7 +24,10 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+INTERRUPTED = "interrupted; committed chunks are kept, run the same command to resume."
+
+
+def handle_errors(fn: Callable[..., Any], interrupted: str = INTERRUPTED) -> Callable[..., Any]:
     """Print expected errors as one line (set FEATSTORE_DEBUG=1 for the traceback)."""
     from featstore.errors import FeatstoreError
 
@@ -37,8 +40,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             fail(str(e).strip("'\""))
         except KeyboardInterrupt:
-            typer.echo("interrupted; committed chunks are kept, run the same command to resume.",
-                       err=True)  # fmt: skip
+            typer.echo(interrupted, err=True)
             sys.exit(130)
 
     return wrapper

@@ -8,7 +8,17 @@ from pathlib import Path
 
 import typer
 
-from ._common import handle_errors
+from ._common import handle_errors as _handle_errors
+
+TRAIN_INTERRUPTED = (
+    "interrupted; the last epoch's checkpoint is kept: continue with "
+    "`heads train HEAD --resume RUN_DIR`."
+)
+
+
+def handle_errors(fn):
+    return _handle_errors(fn, interrupted=TRAIN_INTERRUPTED)
+
 
 app = typer.Typer(
     help="Stage two: train small heads against memory-mapped featstore entries.",
@@ -83,6 +93,9 @@ def train(
 def evaluate(
     head: str = typer.Argument(..., help="Head name."),
     run: Path = typer.Argument(..., help="Run directory of a trained head."),
+    overrides: list[str] = typer.Option(
+        None, "--set", "-s", help="eval.key=value, e.g. eval.way=100 (repeatable)."
+    ),
 ) -> None:
     """Evaluate a trained run on its test set; writes eval.json and plots/eval.png."""
     from heads import build_head, get_head
@@ -93,6 +106,12 @@ def evaluate(
     if not (run / "config.json").exists():
         raise HeadsError(f"{run} is not a run directory (no config.json).")
     cfg = json.loads((run / "config.json").read_text())
+    if overrides:
+        from heads import config as config_mod
+
+        if any(not o.startswith("eval.") for o in overrides):
+            raise HeadsError("heads eval only takes eval.* overrides; the rest is the run's.")
+        cfg = config_mod.resolve(cfg, [], overrides)
     model_head = build_head(spec, cfg)
     load_weights(model_head.model, run)
     report = spec.evaluate(model_head, run)

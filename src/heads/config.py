@@ -46,8 +46,26 @@ def merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict
                 raise HeadsError(f"config key {name!r} is a section, not a value")
             out[key] = merge(out[key], value, f"{name}.")
         else:
-            out[key] = value
+            out[key] = _checked(name, out[key], value)
     return out
+
+
+def _checked(name: str, default: Any, value: Any) -> Any:
+    """The new value, if it has the default's type (an int may stand for a float)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) == isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        example = {list: '["a", "b"]', str: '"text"'}.get(type(default), repr(default))
+        raise HeadsError(
+            f"config key {name!r} expects a {type(default).__name__} (like {example}), got "
+            f"{value!r}; quote strings inside lists: --set 'data.trials=[\"/path/a\"]'"
+        )
+    return value
 
 
 def overrides_to_dict(overrides: list[str]) -> dict[str, Any]:

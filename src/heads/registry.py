@@ -13,7 +13,7 @@ from .errors import HeadsError
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """A registered head: ``build(cfg, run_dir)`` returns a ``Head`` (see ``heads.train``)."""
+    """A registered head: ``build(cfg)`` returns a ``Head`` (see ``heads.train``)."""
 
     name: str
     description: str

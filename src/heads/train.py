@@ -132,7 +132,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HeadsError("--device cuda was asked for but no CUDA device is available.")
+        raise HeadsError(
+            f"train.device={name} was asked for but no CUDA device is available; "
+            f"use --set train.device=cpu (or auto)."
+        )
     return torch.device(name)
 
 
@@ -188,7 +191,11 @@ def train(
         scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"])
         start_epoch, step = ckpt["epoch"], ckpt["step"]
-        log(f"resumed {run_dir} at epoch {start_epoch}/{t['epochs']} (step {step})")
+        _truncate_metrics(run_dir, step)
+        if start_epoch >= t["epochs"]:
+            log(f"{run_dir} already finished all {t['epochs']} epochs; nothing to train.")
+        else:
+            log(f"resumed {run_dir} at epoch {start_epoch}/{t['epochs']} (step {step})")
     else:
         config_mod.save(cfg, run_dir / "config.json")
 
@@ -260,6 +267,15 @@ def _save_checkpoint(path, model, opt, sched, scaler, epoch, step, cfg) -> None:
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                 "rng": _rng_state(), "epoch": epoch, "step": step, "config": cfg}, tmp)  # fmt: skip
     tmp.replace(path)
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop records logged after the checkpoint (an epoch cut short), so resumed runs never
+    repeat steps in metrics.jsonl."""
+    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    tmp = Path(run_dir) / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(Path(run_dir) / "metrics.jsonl")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

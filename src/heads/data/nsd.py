@@ -54,7 +54,10 @@ def read_trials(path: str | os.PathLike) -> np.ndarray:
     table = table.reshape(-1, table.shape[-1]) if table.ndim == 3 else table
     if table.ndim != 2 or table.shape[1] != N_COLUMNS:
         raise HeadsError(f"trial table {path} has shape {table.shape}; expected [n, {N_COLUMNS}].")
-    return table
+    # A trial is a betas row. MindEye's wds folders repeat trials (test/ and new_test/ hold the
+    # same shared1000 trials), so keep each betas row once, in first-seen order.
+    _, first = np.unique(table[:, BETAS_ROW], return_index=True)
+    return table[np.sort(first)]
 
 
 def _is_number(text: str) -> bool:

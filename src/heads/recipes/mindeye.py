@@ -77,13 +77,21 @@ class MindEyeHead(Head):
             _check_covered(self.targets, np.unique(images), "image_targets")
             self.subjects.append({"name": name, "split": split, "betas": betas})
         self.n_voxels = [s["betas"].n_voxels for s in self.subjects]
+        all_images = np.unique(np.concatenate([
+            np.concatenate([s["split"].train[:, IMAGE], s["split"].test_images])
+            for s in self.subjects
+        ]).astype(np.int64))  # fmt: skip
+        self._check_text(all_images)
         n_tokens, dim = self.targets.row_shape
         self.text_dim = self.text.row_shape[0] if self.text is not None else None
-        self.model = MindEyeModel(
-            n_voxels=self.n_voxels, hidden=m["hidden"], n_blocks=m["n_blocks"],
-            clip_tokens=n_tokens, clip_dim=dim, text_dim=self.text_dim,
-            text_hidden=m["text_hidden"], dropout=m["dropout"], residual=m["residual"],
-        )  # fmt: skip
+        try:
+            self.model = MindEyeModel(
+                n_voxels=self.n_voxels, hidden=m["hidden"], n_blocks=m["n_blocks"],
+                clip_tokens=n_tokens, clip_dim=dim, text_dim=self.text_dim,
+                text_hidden=m["text_hidden"], dropout=m["dropout"], residual=m["residual"],
+            )  # fmt: skip
+        except ValueError as e:
+            raise HeadsError(f"model config: {e}") from None
         self.per_subject = t["batch_size"] // len(self.subjects)
         if self.per_subject < 1:
             raise HeadsError(f"train.batch_size {t['batch_size']} is smaller than the number of "
@@ -92,6 +100,22 @@ class MindEyeHead(Head):
             {k: i for i, k in enumerate(self.text.ids.tolist())} if self.text is not None else {}
         )
         self.device = torch.device("cpu")
+
+    def _check_text(self, images: np.ndarray) -> None:
+        if self.text is None:
+            return
+        if len(self.text.row_shape) != 1:
+            raise HeadsError(f"data.text_targets has rows {self.text.row_shape}; TextAlign needs "
+                             f"one vector per image (e.g. clip-l-text `pooled`).")  # fmt: skip
+        covered = self.text.contains(images)
+        if not covered.any():
+            raise HeadsError(
+                f"data.text_targets ({self.text.key}) shares no ids with the trial images; its "
+                f"ids look like {self.text.ids[:3].tolist()}, but TextAlign keys texts by NSD 73k "
+                f"image index."
+            )
+        if self.negatives is not None:
+            _check_covered(self.negatives, images[covered], "hard_negatives")
 
     # -- data -----------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
@@ -213,8 +237,10 @@ def _top1(sim: torch.Tensor) -> float:
 def retrieval_scores(emb: dict[str, Any], way: int, draws: int, seed: int) -> dict[str, dict]:
     """N-way top-1 over random draws of test images: mean, 95% CI half-width, chance.
 
-    "image retrieval": for each image, rank the brain embeddings; "brain retrieval": for each
-    brain embedding, rank the images. TextAlign: predicted vs true text on covered images.
+    ``image_retrieval``: for each brain embedding, is its image the most similar of the candidate
+    images (MindEye2's "fwd", reported as image retrieval); ``brain_retrieval``: for each image, is
+    its brain embedding the most similar of the candidates ("bwd"). ``text_retrieval``: TextAlign's
+    predicted text feature against the true ones of covered images.
     """
     rng = np.random.default_rng(seed)
     n = len(emb["images"])
@@ -225,8 +251,8 @@ def retrieval_scores(emb: dict[str, Any], way: int, draws: int, seed: int) -> di
     for _ in range(draws):
         pick = torch.from_numpy(rng.choice(n, size=k, replace=False))
         sim = emb["brain"][pick] @ emb["targets"][pick].T  # [brain, image]
-        brain.append(_top1(sim))
-        image.append(_top1(sim.T))
+        image.append(_top1(sim))  # rows: brain embeddings -> which image?
+        brain.append(_top1(sim.T))  # rows: images -> which brain embedding?
         if k_text >= 2:
             tp = torch.from_numpy(rng.choice(n_text, size=k_text, replace=False))
             text.append(_top1(emb["text_pred"][tp] @ emb["text_true"][tp].T))
@@ -236,9 +262,9 @@ def retrieval_scores(emb: dict[str, Any], way: int, draws: int, seed: int) -> di
         ci = 1.96 * arr.std(ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else 0.0
         return {"mean": float(arr.mean()), "ci95": float(ci), "way": way_, "chance": 1 / way_}
 
-    out = {"image_top1": summary(image, k), "brain_top1": summary(brain, k)}
+    out = {"image_retrieval": summary(image, k), "brain_retrieval": summary(brain, k)}
     if text:
-        out["text_top1"] = summary(text, k_text)
+        out["text_retrieval"] = summary(text, k_text)
     return out
 
 
@@ -271,7 +297,7 @@ def _plot_eval(head: MindEyeHead, emb: dict[str, Any], report: dict[str, Any], o
     import matplotlib.pyplot as plt
 
     name, scores = next(iter(report["subjects"].items()))
-    metrics = [k for k in ("image_top1", "brain_top1", "text_top1") if k in scores]
+    metrics = [k for k in ("image_retrieval", "brain_retrieval", "text_retrieval") if k in scores]
     images_path = head.cfg["data"]["images"]
     rows = 4 if images_path else 0
     fig = plt.figure(figsize=(10, 3.2 + 1.6 * rows))
