@@ -38,7 +38,9 @@ def extract(
         ..., "--source", "-s", help="HDF5 file, image folder or text list."
     ),
     source_kind: str = typer.Option(
-        None, help="Force the source reader: nsd-images, image-folder, text-list."
+        None,
+        help="Force the source reader: nsd-images, image-folder, text-list, t15-sentences, "
+        "coco-captions, tvsd-images, vocabulary [default: from the file name].",
     ),
     ids: Path = typer.Option(
         None, "--ids", help="Keep only these ids (.npy, .json list or one per line)."
@@ -82,19 +84,20 @@ def extract(
     """Extract a teacher's outputs over a source (a no-op if the entry is complete; resumes if not)."""  # noqa: E501
     from featstore.errors import FeatstoreError
     from featstore.extract import extract as run_extract
-    from featstore.sources import open_source
+    from featstore.sources import detect_kind, open_source
     from featstore.teachers import create_teacher, get_spec
 
-    spec = get_spec(teacher)  # unknown names fail before anything is loaded
+    get_spec(teacher)  # unknown names fail before anything is loaded
+    kind = source_kind or detect_kind(source)
     options = {}
-    if spec.modality == "text" and (source_kind or "text-list") == "text-list":
+    if kind == "text-list":
         options = {"id_field": id_field, "text_field": text_field}
     for item in source_option or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise FeatstoreError(f"--source-option {item!r} must look like KEY=VALUE")
         options[key.strip().replace("-", "_")] = value
-    src = open_source(source, kind=source_kind, ids=ids, row_range=row_range, **options)
+    src = open_source(source, kind=kind, ids=ids, row_range=row_range, **options)
     teacher_options = {"weights": weights, "seed": seed}
     if preprocessing:
         teacher_options["preprocessing"] = preprocessing
