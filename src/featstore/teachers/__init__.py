@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import UnknownTeacherError
-from . import clip_text, clip_vision_hf, openclip_text, openclip_vision
+from . import clip_text, clip_vision_hf, openclip_text, openclip_vision, qwen_audio
 from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec
 
 _FAMILIES: dict[str, ModuleType] = {
@@ -18,6 +18,7 @@ _FAMILIES: dict[str, ModuleType] = {
     "clip-text": clip_text,
     "openclip-text": openclip_text,
     "clip-vision-hf": clip_vision_hf,
+    "qwen-audio": qwen_audio,
 }
 _SPECS: dict[str, TeacherSpec] = {}
 
@@ -35,7 +36,7 @@ def register_family(name: str, module: ModuleType) -> None:
         register_teacher(spec)
 
 
-for _module in (openclip_vision, clip_text, openclip_text, clip_vision_hf):
+for _module in (openclip_vision, clip_text, openclip_text, clip_vision_hf, qwen_audio):
     for _spec in _module.SPECS:
         register_teacher(_spec)
 

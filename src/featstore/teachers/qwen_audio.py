@@ -223,7 +223,7 @@ def load_audio_tower(location: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise FeatstoreError(
-            f"the audio_tower.* weights of {location!r} do not fit Qwen2AudioEncoder"
+            f"the audio_tower.* weights of {location!r} do not fit Qwen2AudioEncoder "
             f"(its config.json audio_config): missing {missing[:5]}, unexpected {unexpected[:5]}."
         )
     encoder.load_state_dict(state, strict=True, assign=True)
@@ -250,7 +250,7 @@ def _load_tts(spec: TeacherSpec, tts: str, seed: int):
     try:
         model = VitsModel.from_pretrained(tts)
         tokenizer = VitsTokenizer.from_pretrained(tts)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise FeatstoreError(
             f"cannot load the TTS {tts!r}: {e}. Download it once with network access (it is "
             f"then cached), or pass tts=/path/to/a/local/copy."
