@@ -28,6 +28,18 @@ def _store(path: Path | None):
     return Store(path)
 
 
+def _key_values(items: list[str] | None, flag: str) -> dict[str, str]:
+    from featstore.errors import FeatstoreError
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FeatstoreError(f"{flag} {item!r} must look like KEY=VALUE")
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
 @app.command()
 @handle_errors
 def extract(
@@ -72,6 +84,12 @@ def extract(
     normalize: str = typer.Option("none", help="none, or l2: unit-length rows (part of the key)."),
     id_field: str = typer.Option("id", help="Id field of JSONL/CSV/JSON-object text lists."),
     text_field: str = typer.Option("text", help="Text field of JSONL/CSV/JSON-object text lists."),
+    teacher_option: list[str] = typer.Option(
+        None,
+        "--teacher-option",
+        help="KEY=VALUE for the teacher (repeatable), e.g. "
+        "tts_noise=zero for qwen-audio; see docs/teachers.md.",
+    ),
     source_option: list[str] = typer.Option(
         None,
         "--source-option",
@@ -82,7 +100,6 @@ def extract(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Extract a teacher's outputs over a source (a no-op if the entry is complete; resumes if not)."""  # noqa: E501
-    from featstore.errors import FeatstoreError
     from featstore.extract import extract as run_extract
     from featstore.sources import detect_kind, open_source
     from featstore.teachers import create_teacher, get_spec
@@ -92,13 +109,10 @@ def extract(
     options = {}
     if kind == "text-list":
         options = {"id_field": id_field, "text_field": text_field}
-    for item in source_option or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise FeatstoreError(f"--source-option {item!r} must look like KEY=VALUE")
-        options[key.strip().replace("-", "_")] = value
+    options.update(_key_values(source_option, "--source-option"))
     src = open_source(source, kind=kind, ids=ids, row_range=row_range, **options)
-    teacher_options = {"weights": weights, "seed": seed}
+    teacher_options = {"weights": weights, "seed": seed,
+                       **_key_values(teacher_option, "--teacher-option")}  # fmt: skip
     if preprocessing:
         teacher_options["preprocessing"] = preprocessing
     model = create_teacher(teacher, **teacher_options)

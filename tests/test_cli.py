@@ -228,3 +228,15 @@ def test_weights_path_that_is_not_a_file(nsd_hdf5, store):
     result = cli("extract", "--teacher", "bigG-tiny", "--source", nsd_hdf5, "--store", store.root,
                  "--weights", "/no/such/ckpt.pt")  # fmt: skip
     assert_clean_failure(result, store, "neither 'pretrained', 'random' nor a checkpoint file")
+
+
+def test_teacher_options(captions, store, nsd_hdf5):
+    bad = cli(*extract_args(store, nsd_hdf5, "bigG-tiny", "--teacher-option", "colour=blue"))
+    assert_clean_failure(bad, store, "teacher bigG-tiny does not take that option", "colour")
+    malformed = cli(*extract_args(store, nsd_hdf5, "bigG-tiny", "--teacher-option", "oops"))
+    assert_clean_failure(malformed, store, "must look like KEY=VALUE")
+    ok = cli(*extract_args(store, captions, "qwen-audio-tiny", "--teacher-option",
+                           "tts_noise=zero", "-o", "pooled"))  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    (entry,) = store.entries()
+    assert "zero" in json.dumps(entry.manifest["key_inputs"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from ..errors import UnknownTeacherError
+from ..errors import FeatstoreError, UnknownTeacherError
 from . import clip_text, clip_vision_hf, openclip_text, openclip_vision, qwen_audio
 from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec
 
@@ -60,7 +60,13 @@ def teacher_outputs(name: str) -> dict[str, OutputSpec]:
 def create_teacher(name: str, weights: str = "pretrained", **options: Any) -> Teacher:
     """Build a registered teacher. ``weights``: "pretrained" (default), "random", or a path."""
     spec = get_spec(name)
-    return _FAMILIES[spec.family].build(spec, weights=weights, **options)
+    family = _FAMILIES[spec.family]
+    try:
+        return family.build(spec, weights=weights, **options)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise FeatstoreError(f"teacher {name} does not take that option ({e}).") from None
 
 
 __all__ = [
