@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import FeatstoreError
-from ..hashing import directory_digest
+from ._hf import load_pretrained
 from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec
 
 CONTEXT_LENGTH = 77
@@ -89,7 +89,6 @@ class ClipTextTeacher(Teacher):
 
         self.spec = spec
         self.outputs = outputs_for(spec)
-        repo = spec.config.get("repo")
         if weights == "random":
             torch.manual_seed(seed)
             config = CLIPTextConfig(**spec.config["model_cfg"])
@@ -99,26 +98,10 @@ class ClipTextTeacher(Teacher):
             self.weights = {"kind": "random", "seed": seed}
             tok_id = {"kind": "open_clip-bpe", "vocab_size": len(tokenizer)}
         else:
-            location = repo if weights == "pretrained" else weights
-            if location is None:
-                raise FeatstoreError(
-                    f"teacher {spec.name} has no pretrained weights; use --weights random"
-                )
-            try:
-                model = CLIPTextModelWithProjection.from_pretrained(location)
-                tokenizer = CLIPTokenizer.from_pretrained(location)
-            except OSError as e:
-                raise FeatstoreError(
-                    f"cannot load {location!r}: {e}. Download it once with network access "
-                    f"(it is then cached), or pass --weights /path/to/a/local/copy."
-                ) from None
-            if weights == "pretrained":
-                revision = getattr(model.config, "_commit_hash", None)
-                self.weights = {"kind": "pretrained", "repo": location, "revision": revision}
-            else:  # a local copy: keyed by its content, not its path
-                revision = directory_digest(Path(location))
-                self.weights = {"kind": "path", "sha256": revision}
-            tok_id = {"kind": "hf", "revision": revision}
+            (model, tokenizer), self.weights = load_pretrained(
+                spec, weights, CLIPTextModelWithProjection, CLIPTokenizer
+            )
+            tok_id = {"kind": "hf", **{k: v for k, v in self.weights.items() if k != "kind"}}
         self.model = model.eval().requires_grad_(False)
         self._config = {k: v for k, v in model.config.to_dict().items()
                         if k in ("hidden_size", "num_hidden_layers", "num_attention_heads",

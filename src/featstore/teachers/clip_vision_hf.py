@@ -8,14 +8,13 @@ LLM. Preprocessing is the checkpoint's ``CLIPImageProcessor`` (its defaults for 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import FeatstoreError
-from ..hashing import directory_digest
+from ._hf import load_pretrained
 from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec
 
 
@@ -59,23 +58,9 @@ class HfClipVisionTeacher(Teacher):
             processor = CLIPImageProcessor()  # the OpenAI CLIP defaults: 224, bicubic, crop
             self.weights = {"kind": "random", "seed": seed}
         else:
-            location = spec.config.get("repo") if weights == "pretrained" else weights
-            if location is None:
-                raise FeatstoreError(f"teacher {spec.name} has no pretrained weights; "
-                                     f"use --weights random")  # fmt: skip
-            try:
-                model = CLIPVisionModel.from_pretrained(location)
-                processor = CLIPImageProcessor.from_pretrained(location)
-            except OSError as e:
-                raise FeatstoreError(
-                    f"cannot load {location!r}: {e}. Download it once with network access "
-                    f"(it is then cached), or pass --weights /path/to/a/local/copy."
-                ) from None
-            if weights == "pretrained":
-                revision = getattr(model.config, "_commit_hash", None)
-                self.weights = {"kind": "pretrained", "repo": location, "revision": revision}
-            else:
-                self.weights = {"kind": "path", "sha256": directory_digest(Path(location))}
+            (model, processor), self.weights = load_pretrained(
+                spec, weights, CLIPVisionModel, CLIPImageProcessor
+            )
         cfg = model.config
         if cfg.hidden_size != spec.config["width"] or cfg.patch_size != spec.config["patch_size"]:
             raise FeatstoreError(f"weights {weights!r} do not match teacher {spec.name}'s shape")
