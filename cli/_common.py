@@ -38,7 +38,7 @@ def handle_errors(fn: Callable[..., Any], interrupted: str = INTERRUPTED) -> Cal
         except (FeatstoreError, KeyError) as e:
             if os.environ.get("FEATSTORE_DEBUG"):
                 raise
-            fail(str(e).strip("'\""))
+            fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
         except KeyboardInterrupt:
             typer.echo(interrupted, err=True)
             sys.exit(130)

@@ -47,7 +47,11 @@ def extract(
         ..., "--teacher", "-t", help="Teacher name (see `featstore teachers`)."
     ),
     source: Path = typer.Option(
-        ..., "--source", "-s", help="HDF5 file, image folder or text list."
+        ...,
+        "--source",
+        "-s",
+        help="A file or folder: NSD images HDF5, image folder, text list, t15 HDF5, COCO "
+        "captions, TVSD .mat, vocabulary (see docs/sources.md).",
     ),
     source_kind: str = typer.Option(
         None,
@@ -68,7 +72,7 @@ def extract(
         None, "--output", "-o", help="Output kind(s) to store [default: the teacher's first]."
     ),
     preprocessing: str = typer.Option(
-        None, help="Image preprocessing: standard or mindeye (bigG)."
+        None, help="open_clip image teachers: standard or mindeye (MindEye2's (x+1)/2 quirk)."
     ),
     dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),

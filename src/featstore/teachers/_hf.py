@@ -24,7 +24,8 @@ def load_pretrained(spec: TeacherSpec, weights: str, *classes: Any) -> tuple[lis
             f"cannot load {location!r}: {e}. Download it once with network access "
             f"(it is then cached), or pass --weights /path/to/a/local/copy."
         ) from None
-    if weights == "pretrained":
+    if not Path(location).exists():  # the spec's repo, or another hub repo id given as --weights
         revision = getattr(loaded[0].config, "_commit_hash", None)
-        return loaded, {"kind": "pretrained", "repo": location, "revision": revision}
+        kind = "pretrained" if weights == "pretrained" else "hub"
+        return loaded, {"kind": kind, "repo": location, "revision": revision}
     return loaded, {"kind": "path", "sha256": directory_digest(Path(location))}

@@ -73,10 +73,15 @@ def build_clip(
     return model, {"kind": "file", "sha256": file_digest(Path(weights))}, cfg
 
 
-def tiny_config(patch: int, width: int, embed: int, text_width: int = 32) -> dict[str, Any]:
-    """A toy open_clip ``CLIP`` config (2 vision layers, 1-2 text layers) for tests."""
+def tiny_config(
+    patch: int, width: int, embed: int, text_width: int = 32, quick_gelu: bool = False
+) -> dict[str, Any]:
+    """A toy open_clip ``CLIP`` config (2 vision and 2 text layers) for tests. ``quick_gelu``
+    matches the OpenAI-weight architectures (their ``-quickgelu`` configs)."""
     heads = max(1, width // 32)
+    extra = {"quick_gelu": True} if quick_gelu else {}
     return {
+        **extra,
         "embed_dim": embed,
         "vision_cfg": {"image_size": 224, "layers": 2, "width": width, "head_width": width // heads,
                        "mlp_ratio": 2.0, "patch_size": patch},

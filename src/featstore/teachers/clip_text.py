@@ -143,7 +143,11 @@ SPECS = [
     TeacherSpec(
         "clip-l-text", "clip-text", "text",
         "CLIP ViT-L/14 text encoder (openai/clip-vit-large-patch14): pooled [768], hidden [77,768]",
-        {"repo": "openai/clip-vit-large-patch14", "width": 768, "projection_dim": 768},
+        {"repo": "openai/clip-vit-large-patch14", "width": 768, "projection_dim": 768,
+         "model_cfg": {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
+                       "num_hidden_layers": 12, "num_attention_heads": 12,
+                       "max_position_embeddings": 77, "projection_dim": 768,
+                       "hidden_act": "quick_gelu"}},
     ),
     TeacherSpec(
         "clip-l-text-tiny", "clip-text", "text",

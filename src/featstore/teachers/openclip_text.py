@@ -71,7 +71,8 @@ class OpenClipTextTeacher(Teacher):
 
     def architecture(self) -> dict[str, Any]:
         return {"arch": self.spec.config["arch"], "text_cfg": self._cfg["text_cfg"],
-                "embed_dim": self._cfg["embed_dim"]}  # fmt: skip
+                "embed_dim": self._cfg["embed_dim"],
+                "quick_gelu": bool(self._cfg.get("quick_gelu", False))}  # fmt: skip
 
     @property
     def device(self) -> torch.device:
@@ -94,18 +95,19 @@ def build(spec: TeacherSpec, **options: Any) -> OpenClipTextTeacher:
     return OpenClipTextTeacher(spec, **options)
 
 
-_TINY = tiny_config(32, 32, 16)
+_TINY = tiny_config(32, 32, 16, quick_gelu=True)
 SPECS = [
     TeacherSpec("vitb32-text", "openclip-text", "text",
                 "CLIP ViT-B/32 (OpenAI weights) encode_text of captions; ViECap's training feature",
-                {"arch": "ViT-B-32", "pretrained": "openai"}),
+                {"arch": "ViT-B-32-quickgelu", "pretrained": "openai"}),
     TeacherSpec("vitb32-vocab", "openclip-text", "text",
                 "CLIP ViT-B/32 vocabulary embeddings: ViECap's 7 prompt templates, averaged",
-                {"arch": "ViT-B-32", "pretrained": "openai", "templates": VIECAP_TEMPLATES}),
+                {"arch": "ViT-B-32-quickgelu", "pretrained": "openai",
+                 "templates": VIECAP_TEMPLATES}),
     TeacherSpec("vitb32-text-tiny", "openclip-text", "text",
                 "vitb32-text's architecture class at toy width, random weights; for tests",
-                {"arch": "ViT-B-32", "model_cfg": _TINY}),
+                {"arch": "ViT-B-32-quickgelu", "model_cfg": _TINY}),
     TeacherSpec("vitb32-vocab-tiny", "openclip-text", "text",
                 "vitb32-vocab at toy width, random weights; for tests",
-                {"arch": "ViT-B-32", "model_cfg": _TINY, "templates": VIECAP_TEMPLATES}),
+                {"arch": "ViT-B-32-quickgelu", "model_cfg": _TINY, "templates": VIECAP_TEMPLATES}),
 ]  # fmt: skip

@@ -130,7 +130,8 @@ class OpenClipVisionTeacher(Teacher):
 
     def architecture(self) -> dict[str, Any]:
         return {"arch": self.spec.config.get("arch"), "vision_cfg": self._cfg["vision_cfg"],
-                "embed_dim": self._cfg["embed_dim"]}  # fmt: skip
+                "embed_dim": self._cfg["embed_dim"],
+                "quick_gelu": bool(self._cfg.get("quick_gelu", False))}  # fmt: skip
 
     def forward(self, batch: torch.Tensor, kinds: list[str]) -> dict[str, torch.Tensor]:
         pooled, tokens = self.model(batch.to(self.device, non_blocking=True))
@@ -152,12 +153,12 @@ SPECS = [
     TeacherSpec(
         "clip-l-image", "openclip-vision", "image",
         "CLIP ViT-L/14 (OpenAI weights) image embedding; NeuroBridge's target",
-        {"arch": "ViT-L-14", "pretrained": "openai", "outputs": ["embeds", "tokens"]},
+        {"arch": "ViT-L-14-quickgelu", "pretrained": "openai", "outputs": ["embeds", "tokens"]},
     ),
     TeacherSpec(
         "vitb32-image", "openclip-vision", "image",
         "CLIP ViT-B/32 (OpenAI weights) encode_image; ViECap's inference-time image feature",
-        {"arch": "ViT-B-32", "pretrained": "openai", "outputs": ["embeds", "tokens"]},
+        {"arch": "ViT-B-32-quickgelu", "pretrained": "openai", "outputs": ["embeds", "tokens"]},
     ),
     TeacherSpec(
         "bigG-tiny", "openclip-vision", "image",
@@ -168,11 +169,13 @@ SPECS = [
     TeacherSpec(
         "clip-l-image-tiny", "openclip-vision", "image",
         "clip-l-image's architecture class at toy width, random weights; for tests",
-        {"arch": "ViT-L-14", "model_cfg": tiny_config(14, 32, 24), "outputs": ["embeds", "tokens"]},
+        {"arch": "ViT-L-14-quickgelu", "model_cfg": tiny_config(14, 32, 24, quick_gelu=True),
+         "outputs": ["embeds", "tokens"]},
     ),
     TeacherSpec(
         "vitb32-image-tiny", "openclip-vision", "image",
         "vitb32-image's architecture class at toy width, random weights; for tests",
-        {"arch": "ViT-B-32", "model_cfg": tiny_config(32, 32, 16), "outputs": ["embeds", "tokens"]},
+        {"arch": "ViT-B-32-quickgelu", "model_cfg": tiny_config(32, 32, 16, quick_gelu=True),
+         "outputs": ["embeds", "tokens"]},
     ),
 ]  # fmt: skip

@@ -364,18 +364,24 @@ class QwenAudioTeacher(Teacher):
     def collate(self, items: list[Any]) -> list[Any]:
         return items
 
+    def to(self, device: torch.device) -> QwenAudioTeacher:
+        """The encoder moves; the TTS stays on the CPU (as in the seed), so the seeded VITS noise
+        and hence the audio are the same on every machine and device."""
+        self.model["encoder"].to(device)
+        self.model["tts"].to("cpu")
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model["encoder"].parameters()).device
+
     def synthesize(self, input_ids: torch.Tensor, seed: int) -> torch.Tensor:
         """One sentence's waveform ``[n]`` (fp32, on the CPU), seeded and RNG-neutral."""
-        tts, device = self.model["tts"], self.device
-        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if (
-            device.type == "cuda") else []  # fmt: skip
-        with torch.random.fork_rng(devices=cuda), torch.autocast(device.type, enabled=False):
+        tts = self.model["tts"]
+        with torch.random.fork_rng(devices=[]), torch.autocast("cpu", enabled=False):
             torch.random.default_generator.manual_seed(seed)
-            if cuda:
-                with torch.cuda.device(cuda[0]):
-                    torch.cuda.manual_seed(seed)
-            out = tts(input_ids=input_ids[None].to(device))
-        return out.waveform[0, : int(out.sequence_lengths[0])].float().cpu()
+            out = tts(input_ids=input_ids[None].cpu())
+        return out.waveform[0, : int(out.sequence_lengths[0])].float()
 
     def log_mel(self, waveform: torch.Tensor) -> tuple[torch.Tensor, int]:
         """``input_features [1, mels, frames]`` and the number of valid frames ``L``."""
