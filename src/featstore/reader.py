@@ -316,15 +316,21 @@ class Entry:
     def gather_padded(
         self, rows: np.ndarray | list[int], pad_value: float = 0.0, max_length: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A ragged batch as ``(padded [B, T_max, ...], lengths [B])``; ``max_length`` truncates."""
-        items = self.gather(rows)
-        lengths = np.array([len(x) for x in items], dtype=np.int64)
+        """A ragged batch as ``(padded [B, T_max, ...], lengths [B])``; ``max_length`` truncates.
+        Each item is copied once, straight from the store into the padded array."""
+        if not self.ragged:
+            raise StoreError(f"entry {self.key} is not ragged; use gather()")
+        rows = self._check_rows(rows)
+        self._touch(rows)
+        starts = self.offsets[rows]
+        lengths = (self.offsets[rows + 1] - starts).astype(np.int64)
         if max_length is not None:
             lengths = np.minimum(lengths, max_length)
-        t = int(lengths.max()) if len(items) else 0
-        out = np.full((len(items), t, *self.row_shape), pad_value, dtype=self.dtype)
-        for j, (x, n) in enumerate(zip(items, lengths.tolist(), strict=True)):
-            out[j, :n] = x[:n]
+        t = int(lengths.max()) if len(rows) else 0
+        out = np.empty((len(rows), t, *self.row_shape), dtype=self.dtype)
+        for j, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+            out[j, :n] = self._rows.rows(start, start + n)
+            out[j, n:] = pad_value
         return out, lengths
 
     def positions(self, ids: list | np.ndarray) -> np.ndarray:
