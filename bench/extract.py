@@ -16,10 +16,6 @@ What is measured
       NAME      any registered teacher (``featstore teachers``), all of its outputs by default.
                 ``qwen-audio`` is built with ``tts="random"`` (the full-size VITS config, random
                 weights, a bundled character vocabulary) since MMS-TTS cannot be downloaded here.
-                ``vitb16-patch`` has no ``model_cfg`` for random weights (``create_teacher``
-                raises ``KeyError: 'model_cfg'``); the benchmark then registers
-                ``bench-vitb16-patch``: the same family with openai/clip-vit-base-patch16's
-                config (12 layers, width 768, patch 16).
     ``--all-issue4`` runs the teachers issue 4 added, one after the other: clip-l-image,
     vitb32-image, vitb32-text, vitb32-vocab, vitb16-patch and qwen-audio-tiny, each with a preset
     batch (``ISSUE4`` below) and an N sized by a timed bare pass over the warm-up batch so one
@@ -29,9 +25,9 @@ What is measured
     32 layers x 1500 positions: ~80 s per sentence on 2 cores) does not fit that budget, so the
     sequence uses ``qwen-audio-tiny`` (the same pipeline at toy size) unless ``--audio-teacher
     qwen-audio`` is given; ``--teacher qwen-audio`` runs it alone (N=2, batch 1, one pipeline
-    run between two bare runs: ~10 min).
+    run between two bare runs: 4-10 min).
 
-    Source, by the teacher's modality: image teachers read an NSD-style HDF5 (``--n`` random
+    Source, by the teacher's modality: image teachers read an NSD-style HDF5 (N random
     images ``[3,224,224]`` fp16 in [0,1], dataset ``images``); text teachers a JSONL text list of
     seeded random sentences (``{"id", "text"}``; lowercase words only so the TTS can read them,
     short enough for the audio window); teachers with prompt templates (``vitb32-vocab``) a
@@ -119,11 +115,6 @@ OTHER_PRESETS: dict[str, Preset] = {
 DEFAULT_PRESET = Preset(n=256, batch=32, repeats=2, warmup=2)  # the default ViT-B-32 run
 OTHER_TEACHER_PRESET = Preset(n=16, batch=16, run_s=RUN_S)
 AUDIO_TEACHERS = ("qwen-audio-tiny", "qwen-audio")
-# openai/clip-vit-base-patch16's vision config (CLIPVisionConfig defaults otherwise: quick_gelu,
-# layer_norm_eps 1e-5), for vitb16-patch with random weights.
-VITB16_CFG = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-              "num_attention_heads": 12, "image_size": 224, "patch_size": 16}  # fmt: skip
-
 SENTENCE_WORDS = (
     "the a my your this that one two red blue small large old new quick slow happy green dog cat "
     "house water tree car river city friend morning night book door window road light garden "
@@ -137,6 +128,11 @@ ENTITY_TEXT = (
     "snow umbrella kite ball bat glove shirt hat shoe bag phone laptop keyboard mouse screen"
 )
 WORDS, ENTITY_WORDS = SENTENCE_WORDS.split(), ENTITY_TEXT.split()
+
+
+def rate_str(items_per_s: float) -> str:
+    """Items/s with at least 3 significant digits (slow teachers run well under 1 item/s)."""
+    return f"{items_per_s:.2f}" if items_per_s >= 1 else f"{items_per_s:.3g}"
 
 
 def workers_arg(text: str) -> int | None:
@@ -274,22 +270,7 @@ def build_teacher(name: str | None, arch: str, seed: int):
     if spec.family == "qwen-audio" and spec.config.get("tts") != "random":
         options["tts"] = "random"
         notes.append("TTS: full-size VITS config with random weights (tts='random'; no hub)")
-    try:
-        return create_teacher(name, weights="random", seed=seed, **options), notes
-    except KeyError as e:
-        if spec.family != "clip-vision-hf" or e.args != ("model_cfg",):
-            raise
-    # featstore bug: the real clip-vision-hf spec cannot be built with weights="random".
-    notes.append(
-        f"create_teacher({name!r}, weights='random') raised KeyError('model_cfg') (src bug); "
-        f"benchmarked bench-{name}: the same family with openai/clip-vit-base-patch16's config"
-    )
-    register_teacher(
-        TeacherSpec(f"bench-{name}", spec.family, spec.modality,
-                    f"{spec.description} (random weights, benchmark)",
-                    {**spec.config, "model_cfg": VITB16_CFG})
-    )  # fmt: skip
-    return create_teacher(f"bench-{name}", weights="random", seed=seed), notes
+    return create_teacher(name, weights="random", seed=seed, **options), notes
 
 
 class ForwardTimer:
@@ -389,8 +370,8 @@ def run_one(args: argparse.Namespace, name: str | None, preset: Preset) -> dict:
         calib_s, _ = bare_loop(teacher, warm_items, batch, kinds)
         per_batch = calib_s * batch / len(warm_items)
         n = int(min(N_MAX, max(preset.n, batch, round(run_s / per_batch) * batch)))
-        print(f"calibration: {len(warm_items) / calib_s:.2f} items/s -> N={n} for ~{run_s:g} s "
-              f"per run", flush=True)  # fmt: skip
+        calib_rate = rate_str(len(warm_items) / calib_s)
+        print(f"calibration: {calib_rate} items/s -> N={n} for ~{run_s:g} s per run", flush=True)
         source, source_desc = make_source(teacher, data_dir, n, args.seed)
         items = [source.load(i) for i in range(n)]  # exactly what the pipeline's loader reads
         source.close()
@@ -420,7 +401,7 @@ def run_one(args: argparse.Namespace, name: str | None, preset: Preset) -> dict:
         seconds, reference = bare_loop(teacher, items, batch, kinds)
         bare_s.append(seconds)
         bare_fwd_s.append(timer.take())
-        print(f"bare loop {rep + 1}: {n / seconds:.2f} items/s", flush=True)
+        print(f"bare loop {rep + 1}: {rate_str(n / seconds)} items/s", flush=True)
         if rep == repeats:
             break
         shutil.rmtree(store_root, ignore_errors=True)  # fresh store: the pipeline must extract
@@ -446,7 +427,7 @@ def run_one(args: argparse.Namespace, name: str | None, preset: Preset) -> dict:
             {"wall_s": wall, "engine_s": res.seconds, "forward_s": timer.take(),
              "max_abs_diff": diffs}
         )  # fmt: skip
-        print(f"pipeline {rep + 1}: {n / wall:.2f} items/s end to end", flush=True)
+        print(f"pipeline {rep + 1}: {rate_str(n / wall)} items/s end to end", flush=True)
     shutil.rmtree(store_root, ignore_errors=True)
 
     bare_rate = statistics.median(n / s for s in bare_s)
@@ -480,15 +461,15 @@ def run_one(args: argparse.Namespace, name: str | None, preset: Preset) -> dict:
     print("| loop | items/s | vs bare | items/s inside forward | wall share in forward |")
     print("|---|---:|---:|---:|---:|")
     print(
-        f"| bare: preprocess + `teacher.forward` (median) | {bare_rate:.2f} | 1.000 | "
-        f"{bare_fwd_rate:.2f} | {bare_share:.3f} |"
+        f"| bare: preprocess + `teacher.forward` (median) | {rate_str(bare_rate)} | 1.000 | "
+        f"{rate_str(bare_fwd_rate)} | {bare_share:.3f} |"
     )
     print(
-        f"| featstore `extract()`, end to end | {e2e_rate:.2f} | {ratio_e2e:.3f} | "
-        f"{pipe_fwd_rate:.2f} | {pipe_share:.3f} |"
+        f"| featstore `extract()`, end to end | {rate_str(e2e_rate)} | {ratio_e2e:.3f} | "
+        f"{rate_str(pipe_fwd_rate)} | {pipe_share:.3f} |"
     )
     print(
-        f"| featstore engine loop only (`ExtractResult.seconds`) | {engine_rate:.2f} | "
+        f"| featstore engine loop only (`ExtractResult.seconds`) | {rate_str(engine_rate)} | "
         f"{ratio_engine:.3f} | | |"
     )
     print()
@@ -499,8 +480,9 @@ def run_one(args: argparse.Namespace, name: str | None, preset: Preset) -> dict:
     )
     print()
     print(
-        f"summary: pipeline {e2e_rate:.2f} items/s end to end = {ratio_e2e:.3f}x the bare loop "
-        f"({bare_rate:.2f} items/s); goal >= {GOAL}: {'met' if ratio_e2e >= GOAL else 'MISSED'}"
+        f"summary: pipeline {rate_str(e2e_rate)} items/s end to end = {ratio_e2e:.3f}x the bare "
+        f"loop ({rate_str(bare_rate)} items/s); goal >= {GOAL}: "
+        f"{'met' if ratio_e2e >= GOAL else 'MISSED'}"
         f"; stored rows vs bare output max |diff| {max_diff:.3g}"
     )
     return {
@@ -552,8 +534,8 @@ def print_summary(records: list[dict]) -> None:
         rate = r["items_per_s"]
         print(
             f"| {r['requested']} | {r['params'] / 1e6:.1f} M | {r['source'].split(',')[0]} | "
-            f"{r['n']} | {r['batch']} | {outs} | {rate['bare']:.2f} | {rate['pipeline_e2e']:.2f} "
-            f"| {r['ratio_e2e']:.3f} | {r['ratio_engine']:.3f} | "
+            f"{r['n']} | {r['batch']} | {outs} | {rate_str(rate['bare'])} | "
+            f"{rate_str(rate['pipeline_e2e'])} | {r['ratio_e2e']:.3f} | {r['ratio_engine']:.3f} | "
             f"{r['forward_share_ratio']:.3f} | {r['outside_loop_s']:.2f} | "
             f"{r['max_abs_diff']:.3g} | "
             f"{'met' if r['goal_met'] else 'MISSED'} |"

@@ -22,6 +22,8 @@ What is measured
         (c)   featstore ``Entry.gather_padded(rows)`` -> ``(padded [B, T_max, 1280], lengths)``
         (d)   RAM: pad into a preallocated ``[B, t_max, 1280]`` buffer (copy each item, zero its
               tail), lengths from a precomputed array
+        (ref-pad) plain memmap slices copied once, straight into a new ``np.empty`` batch with
+              zeroed tails (what a one-copy ``gather_padded`` would cost)
 
     All readers of a batch size see the same batches. The page cache is warmed first (every
     entry file is read once). The ``--iters`` batches are split into ``--rounds`` short rounds;
@@ -32,7 +34,7 @@ What is measured
     warm page cache.
 
 How to run
-    python bench/read_ragged.py                     # N=5000 items (~1.4 GiB per copy), ~3 min
+    python bench/read_ragged.py                     # N=5000 items (~1.4 GiB per copy), ~1 min
     python bench/read_ragged.py --items 1000 --iters 400 --workdir /tmp/fsbench
 
     Data (~1.4 GiB on disk for the defaults, plus the same in RAM while it runs) goes to
@@ -67,7 +69,7 @@ ENTRY_NAME = "bench-read-ragged"
 GOAL = 0.9  # the fixed-shape reader's goal vs numpy in RAM (docs/benchmarks.md)
 
 LIST_READERS = ("fs-gather", "fs-gather-noverify", "ram-list", "ram-list-copy", "mmap-ref")
-PADDED_READERS = ("fs-padded", "ram-padded")
+PADDED_READERS = ("fs-padded", "ram-padded", "mmap-padded-ref")
 LABELS = {
     "fs-gather": "(a) featstore `Entry.gather` (verify=True)",
     "fs-gather-noverify": "(a') featstore `Entry.gather`, verify=False",
@@ -76,6 +78,7 @@ LABELS = {
     "mmap-ref": "(ref) plain np.memmap slices of the same chunk files, copied",
     "fs-padded": "(c) featstore `Entry.gather_padded`",
     "ram-padded": "(d) RAM list, padded into a preallocated buffer",
+    "mmap-padded-ref": "(ref-pad) np.memmap slices copied once into a new padded array",
 }
 COPY_COL = "vs (b') RAM list + copy"
 # (reader, baseline) pairs whose paired ratio is reported
@@ -194,9 +197,10 @@ def ram_padded(items: list[np.ndarray], lengths: np.ndarray, max_batch: int, t_m
     return read
 
 
-def mmap_ref(entry: Entry) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """Reference: copies of plain ndarray views of ``np.memmap``s over the ``values`` chunk
-    files, offsets as a Python list; no featstore code on the read path."""
+def mmap_slicer(entry: Entry) -> Callable[[int], np.ndarray]:
+    """Item r as plain ndarray views of ``np.memmap``s over the entry's ``values`` chunk files
+    (a view, or a copy for the few items that straddle two chunks), offsets as a Python list;
+    no featstore code on the read path."""
     raw = entry._rows  # RawRows of the entry's values; only its geometry and files are used
     vc = raw.chunk_rows
     n_chunks = (raw.shape[0] + vc - 1) // vc
@@ -208,18 +212,36 @@ def mmap_ref(entry: Entry) -> Callable[[np.ndarray], list[np.ndarray]]:
     ]
     off = entry.offsets.tolist()
 
-    def read(rows: np.ndarray) -> list[np.ndarray]:
-        out = []
-        for r in rows.tolist():
-            s, e = off[r], off[r + 1]
-            c = s // vc
-            if e - 1 < (c + 1) * vc:
-                out.append(views[c][s - c * vc : e - c * vc].copy())
-            else:  # straddles a chunk boundary
-                out.append(
-                    np.concatenate([views[c][s - c * vc :], views[c + 1][: e - (c + 1) * vc]])
-                )
-        return out
+    def item(r: int) -> np.ndarray:
+        s, e = off[r], off[r + 1]
+        c = s // vc
+        if e - 1 < (c + 1) * vc:
+            return views[c][s - c * vc : e - c * vc]
+        return np.concatenate([views[c][s - c * vc :], views[c + 1][: e - (c + 1) * vc]])
+
+    return item
+
+
+def mmap_ref(entry: Entry) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """Reference for ``gather``: one copy per item from plain memmap slices."""
+    item = mmap_slicer(entry)
+    return lambda rows: [np.array(item(r)) for r in rows.tolist()]
+
+
+def mmap_padded_ref(entry: Entry) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Reference for ``gather_padded``: each item copied once, from plain memmap slices straight
+    into a new ``np.empty`` batch whose tails are zeroed (what a one-copy reader would do)."""
+    item = mmap_slicer(entry)
+    all_lengths = np.diff(entry.offsets)
+    frame = tuple(entry.row_shape)
+
+    def read(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lens = all_lengths[rows]
+        out = np.empty((len(rows), int(lens.max()), *frame), dtype=entry.dtype)
+        for j, (r, n) in enumerate(zip(rows.tolist(), lens.tolist(), strict=True)):
+            out[j, :n] = item(r)
+            out[j, n:] = 0
+        return out, lens
 
     return read
 
@@ -305,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
             "mmap-ref": mmap_ref(entry_nv),
             "fs-padded": entry_v.gather_padded,
             "ram-padded": ram_padded(items, lengths, bsz, args.t_max),
+            "mmap-padded-ref": mmap_padded_ref(entry_nv),
         }
         check_same(readers, items, batches[0])
         n_rounds = max(1, min(args.rounds, args.iters))
@@ -326,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
         ratios = {col: {r: paired(r, base) for r, base in pairs} for col, pairs in COMPARE.items()}
         ratios["(a) vs (ref) memmap slices"] = {"fs-gather": paired("fs-gather", "mmap-ref")}
         ratios["(c) vs (a) gather"] = {"fs-padded": paired("fs-padded", "fs-gather")}
+        ratios["(c) vs (ref-pad)"] = {"fs-padded": paired("fs-padded", "mmap-padded-ref")}
         per_size[str(bsz)] = {
             "items_per_s": rates,
             "gib_per_s": {k: v * mean_item_kib / 2**20 for k, v in rates.items()},
@@ -365,6 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
     for key, name, label in [
         ("(a) vs (ref) memmap slices", "fs-gather", "(a) / (ref): gather vs plain memmap slices"),
         ("(c) vs (a) gather", "fs-padded", "(c) / (a): gather_padded vs gather"),
+        ("(c) vs (ref-pad)", "fs-padded", "(c) / (ref-pad): gather_padded vs one-copy padding"),
     ]:
         vals = " | ".join(f"{per_size[str(b)]['ratios_paired'][key][name]:.3f}" for b in sizes)
         print(f"| {label} | {vals} |")
