@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -50,6 +49,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import zarr
+from _common import env_info, finish, warm_page_cache
 
 import featstore  # noqa: F401  (applies featstore's import fix-ups first)
 from featstore.reader import Entry
@@ -136,20 +136,6 @@ def build_data(args: argparse.Namespace, data_dir: Path) -> tuple[Path, Path, np
     writer.finalize({"bench": "read_targets"})
     params_file.write_text(json.dumps(params))
     return entry_path, h5_path, arr, time.perf_counter() - t0
-
-
-def warm_page_cache(paths: list[Path]) -> tuple[int, float]:
-    """Read every file under ``paths`` once so later reads hit the page cache."""
-    t0 = time.perf_counter()
-    buf = bytearray(16 << 20)
-    total = 0
-    for root in paths:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for path in files:
-            with open(path, "rb", buffering=0) as fh:
-                while k := fh.readinto(buf):
-                    total += k
-    return total, time.perf_counter() - t0
 
 
 # -- timing -------------------------------------------------------------------------------------
@@ -325,22 +311,9 @@ def main(argv: list[str] | None = None) -> dict:
         "warm_page_cache_s": warm_s,
         "loadavg": {"start": load_start, "end": load_end},
         "build_s": build_s,
-        "env": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "numpy": np.__version__,
-            "h5py": h5py.__version__,
-            "zarr": zarr.__version__,
-        },
+        "env": env_info(h5py=h5py.__version__, zarr=zarr.__version__),
     }
-    out = args.workdir / "read_targets.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"results written to {out}")
-    if args.clean:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    return result
+    return finish(result, args.workdir, "read_targets", data_dir, args.clean)
 
 
 if __name__ == "__main__":

@@ -240,3 +240,10 @@ def test_teacher_options(captions, store, nsd_hdf5):
     assert ok.exit_code == 0, ok.output
     (entry,) = store.entries()
     assert "zero" in json.dumps(entry.manifest["key_inputs"])
+
+
+def test_text_list_with_repeated_ids(tmp_path, store):
+    path = tmp_path / "texts.jsonl"
+    path.write_text('{"id": 1, "text": "a"}\n{"id": 2, "text": "b"}\n{"id": 1, "text": "c"}\n')
+    result = cli(*extract_args(store, path, "clip-l-text-tiny"))
+    assert_clean_failure(result, store, "ids repeat (first: ['1'])")

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import SourceError
 from ..hashing import DigestMemo
+from ._common import duplicates
 from .base import Source
 
 SUFFIXES = {".txt", ".json", ".jsonl", ".csv", ".tsv"}
@@ -78,10 +79,8 @@ class TextList(Source):
                 raise SourceError(
                     f"{path}: the text of id {item_id!r} is empty; remove or fill it."
                 )
-        if len(set(map(str, ids))) != len(ids):
-            seen, dup = set(), []
-            for i in map(str, ids):
-                (dup.append(i) if i in seen else seen.add(i))
+        dup = duplicates(map(str, ids))
+        if dup:
             raise SourceError(f"{path}: ids repeat (first: {dup[:5]}); each id must be unique.")
         if all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             id_arr = np.asarray(ids, dtype=np.int64)
