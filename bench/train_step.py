@@ -2,11 +2,11 @@
 
 What is measured (three sections; ``--only 1,3`` picks some)
     1. Step time, targets from the featstore entry vs the same targets in RAM.
-       One MindEye model (``heads.models.mindeye.MindEyeModel``), the recipe's own loss code
-       (``MindEyeHead.training_step``, BiMixCo phase by default) and AdamW, batch ``--batch``.
+       One MindEye model (``heads.zoo.mindeye.model.MindEyeModel``), the recipe's own loss code
+       (``MindEye.loss``, BiMixCo phase by default) and AdamW, batch ``--batch``.
        Betas come from an HDF5 file through ``heads.data.nsd.Betas`` (lazy, as the head reads
        them) in both arms. Only the target source differs:
-         store: ``entry.gather(entry.positions(image_ids))`` (exactly ``MindEyeHead._targets``),
+         store: ``entry.gather(entry.positions(image_ids))`` (as ``TrainTrials`` does),
          RAM:   ``ram[image_ids]`` (a numpy array holding the same rows; ids == rows here).
        Targets are bigG-shaped ``[N, 256, 1664]`` fp16, written with ``EntryWriter``. Both arms
        see the same batches; the run is split into short rounds and in each round both arms run
@@ -79,10 +79,10 @@ from featstore.reader import Entry
 from featstore.store import read_manifest
 from featstore.writer import EntryWriter
 from heads.data.nsd import Betas
-from heads.models.mindeye import MindEyeModel
-from heads.recipes.mindeye import MindEyeHead
-from heads.registry import get_head
-from heads.train import Progress, param_groups
+from heads.head import Progress, decay_groups
+from heads.registry import get_head, recipe
+from heads.zoo.mindeye.head import MindEye
+from heads.zoo.mindeye.model import MindEyeModel
 
 BIGG_ROW = (256, 1664)
 DTYPE = "float16"
@@ -215,22 +215,23 @@ class Stepper:
     grad clip: the recipe's defaults)."""
 
     def __init__(self, model: nn.Module, phase: str, on_backward: Callable[[], Any] | None = None):
-        spec = get_head("mindeye")
-        cfg = spec.defaults()
+        cfg = recipe(get_head("mindeye"))
         t = cfg["train"]
         self.model = model
-        self.shim = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), model=model)
-        self.opt = torch.optim.AdamW(param_groups(model, t["weight_decay"]), lr=t["lr"],
-                                     betas=tuple(t["betas"]), eps=t["eps"])  # fmt: skip
+        self.shim = SimpleNamespace(cfg=cfg)
+        groups = [{**g, "weight_decay": g.get("weight_decay", t["weight_decay"])}
+                  for g in decay_groups(model)]  # fmt: skip
+        self.opt = torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"])
         # Progress decides the phase: epoch 0 of 100 is BiMixCo, epoch 99 SoftCLIP.
         self.progress = Progress(epoch=0 if phase == "mixco" else 99, step=0, epochs=100,
-                                 steps_per_epoch=1)  # fmt: skip
+                                 steps_per_epoch=1, total_steps=100)  # fmt: skip
         self.on_backward = on_backward
 
     def __call__(self, voxels: np.ndarray, targets: np.ndarray) -> float:
-        batch = {"voxels": [voxels], "targets": targets, "text": None, "negatives": None,
-                 "covered": np.zeros(len(voxels), dtype=bool)}  # fmt: skip
-        loss, _ = MindEyeHead.training_step(self.shim, batch, self.progress)
+        batch = {"voxels": [torch.from_numpy(voxels)], "targets": torch.from_numpy(targets),
+                 "text": None, "negatives": None,
+                 "covered": torch.zeros(len(voxels), dtype=torch.bool)}  # fmt: skip
+        loss, _ = MindEye.loss(self.shim, self.model, batch, self.progress)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.on_backward is not None:
@@ -575,7 +576,7 @@ def section3(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from featstore.extract import extract
     from featstore.sources import open_source
     from featstore.teachers import create_teacher
-    from heads.synthetic import write_images
+    from heads.zoo.mindeye.synthetic import write_images
 
     n, b = args.images, args.batch
     work = data_dir / "s3"

@@ -28,17 +28,21 @@ INTERRUPTED = "interrupted; committed chunks are kept, run the same command to r
 
 
 def handle_errors(fn: Callable[..., Any], interrupted: str = INTERRUPTED) -> Callable[..., Any]:
-    """Print expected errors as one line (set FEATSTORE_DEBUG=1 for the traceback)."""
+    """Print errors the user can fix as one line (set FEATSTORE_DEBUG=1 for the traceback);
+    anything else is a bug and keeps its traceback. Under torchrun only rank 0 prints."""
     from featstore.errors import FeatstoreError
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (FeatstoreError, KeyError) as e:
+        except FeatstoreError as e:
             if os.environ.get("FEATSTORE_DEBUG"):
                 raise
-            fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+            if os.environ.get("RANK", "0") != "0":
+                raise typer.Exit(code=1) from None
+            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            fail(str(message))
         except KeyboardInterrupt:
             typer.echo(interrupted, err=True)
             sys.exit(130)

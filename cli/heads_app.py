@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import typer
@@ -11,8 +10,7 @@ import typer
 from ._common import handle_errors as _handle_errors
 
 TRAIN_INTERRUPTED = (
-    "interrupted; the last epoch's checkpoint is kept: continue with "
-    "`heads train HEAD --resume RUN_DIR`."
+    "interrupted; the last checkpoint is kept: continue with `heads train HEAD --resume RUN_DIR`."
 )
 
 
@@ -32,60 +30,56 @@ app = typer.Typer(
 @app.command("list")
 @handle_errors
 def list_command() -> None:
-    """List the registered heads."""
+    """List the registered heads and their recipes."""
     from heads import list_heads
+    from heads.registry import recipe_names
 
-    for spec in list_heads():
-        typer.echo(f"{spec.name:<12} {spec.description}")
+    for head in list_heads():
+        typer.echo(f"{head.name:<12} {head.description}")
+        typer.echo(f"{'':<12} recipes: {', '.join(recipe_names(head))}")
 
 
 @app.command()
 @handle_errors
 def train(
     head: str = typer.Argument(..., help="Head name (see `heads list`)."),
+    recipe: str = typer.Option(
+        "default", "--recipe", "-r", help="The head's recipe to start from."
+    ),
     config: list[Path] = typer.Option(None, "--config", "-c", help="TOML file(s) over the recipe."),
     overrides: list[str] = typer.Option(None, "--set", "-s", help="section.key=value, repeatable."),
     run_dir: Path = typer.Option(None, help="Run directory [default: runs/HEAD-TIMESTAMP]."),
     resume: Path = typer.Option(None, help="Continue this run from its last checkpoint."),
+    init_from: str = typer.Option(None, help="Start from this run's (or .safetensors) weights."),
+    init_skip: list[str] = typer.Option(
+        None,
+        help="With --init-from: leave out tensors matching this glob (repeatable), e.g. 'ridge.*'.",
+    ),
     stop_after_epoch: int = typer.Option(None, help="Stop cleanly after this epoch."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
-    """Train a head; writes config, metrics, checkpoints, weights and plots to the run dir."""
-    from heads import build_head, get_head
-    from heads import config as config_mod
-    from heads.errors import HeadsError
-    from heads.train import train as run_train
+    """Train a head; writes config, metrics, checkpoints, weights and plots to the run dir.
 
-    spec = get_head(head)
+    Under `torchrun --nproc-per-node N -m heads train ...` it trains with DDP."""
+    from heads import runs
+    from heads.errors import ConfigError
+
     if resume is not None:
-        saved_path = resume / "config.json"
-        if not saved_path.exists():
-            raise HeadsError(f"{resume} is not a run directory (no config.json).")
-        saved = json.loads(saved_path.read_text())
-        if config or overrides:
-            wanted = config_mod.resolve(saved, config or [], overrides or [])
-            changes = config_mod.diff(saved, wanted)
-            if changes:
-                raise HeadsError(f"--resume with a different config ({'; '.join(changes)}); "
-                                 f"start a new run instead.")  # fmt: skip
-        cfg, out = saved, resume
+        if run_dir or init_from or init_skip or recipe != "default":
+            raise ConfigError(
+                "--resume continues a run as it was: leave out --run-dir, "
+                "--recipe, --init-from and --init-skip."
+            )
+        plan = runs.plan_resume(head, resume, config or [], overrides or [])
     else:
-        cfg = config_mod.resolve(spec.defaults(), config or [], overrides or [])
-        out = run_dir or Path("runs") / f"{head}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (out / "config.json").exists():
-            raise HeadsError(f"{out} already holds a run; use --resume {out} or another --run-dir.")
-    model_head = build_head(spec, cfg)
-    last = run_train(
-        model_head,
-        cfg,
-        out,
-        resume=resume is not None,
-        stop_after_epoch=stop_after_epoch,
-        progress=not quiet,
-        log=typer.echo,
+        plan = runs.plan_training(
+            head, recipe, config or [], overrides or [], run_dir, init_from, init_skip or []
+        )
+    summary = runs.run_training(
+        plan, stop_after_epoch=stop_after_epoch, progress=not quiet, log=_main_echo
     )
-    typer.echo(f"run: {out}")
-    typer.echo(json.dumps(last))
+    _main_echo(f"run: {plan.run_dir}")
+    _main_echo(json.dumps(summary))
 
 
 @app.command("eval")
@@ -96,44 +90,57 @@ def evaluate(
     overrides: list[str] = typer.Option(
         None, "--set", "-s", help="eval.key=value, e.g. eval.way=100 (repeatable)."
     ),
+    weights: str = typer.Option("auto", help="auto (best if kept, else last), best or last."),
 ) -> None:
-    """Evaluate a trained run on its test set; writes eval.json and plots/eval.png."""
-    from heads import build_head, get_head
-    from heads.errors import HeadsError
-    from heads.train import load_weights
+    """Evaluate a trained run; prints the head's report and the files it wrote."""
+    from heads import runs
 
-    spec = get_head(head)
-    if not (run / "config.json").exists():
-        raise HeadsError(f"{run} is not a run directory (no config.json).")
-    cfg = json.loads((run / "config.json").read_text())
-    if overrides:
-        from heads import config as config_mod
-
-        if any(not o.startswith("eval.") for o in overrides):
-            raise HeadsError("heads eval only takes eval.* overrides; the rest is the run's.")
-        cfg = config_mod.resolve(cfg, [], overrides)
-    model_head = build_head(spec, cfg)
-    load_weights(model_head.model, run)
-    report = spec.evaluate(model_head, run)
-    from heads.report import format_report
-
-    for line in format_report(report):
+    report, path = runs.evaluate_run(head, run, overrides or [], weights)
+    typer.echo(f"weights: {path}")
+    for line in report.format():
         typer.echo(line)
-    typer.echo(f"wrote {run / 'eval.json'} and {run / 'plots' / 'eval.png'}")
 
 
 @app.command()
 @handle_errors
 def demo(
+    head: str = typer.Argument("mindeye", help="Head to demonstrate (see `heads list`)."),
     workdir: Path = typer.Option(Path("heads-demo"), help="Where data, store and run go."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Both stages end to end on a small synthetic NSD-like dataset: extract tiny bigG tokens
-    and caption features, train MindEye, evaluate retrieval."""
-    from heads.demo import run_demo
+    """Both stages end to end on labelled-synthetic data in the head's original file layouts
+    (default: MindEye2 on a small NSD-like dataset)."""
+    from heads import get_head
 
-    run_demo(workdir, progress=not quiet, log=typer.echo)
+    get_head(head).demo(workdir, progress=not quiet, log=typer.echo)
+
+
+def _main_echo(message: str) -> None:
+    from heads.distributed import current
+
+    if current().is_main:
+        typer.echo(message)
+
+
+def mount_head_commands() -> None:
+    """Add the verbs that heads register for themselves (e.g. `heads caption viecap RUN`)."""
+    from heads.registry import head_commands
+
+    mounted = {c.name for c in app.registered_commands}
+    for name, fn in head_commands().items():
+        if name not in mounted:
+            app.command(name)(handle_errors(fn))
+
+
+def main() -> None:
+    from heads.distributed import teardown
+
+    mount_head_commands()
+    try:
+        app()
+    finally:
+        teardown()
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heads import losses
-from heads.models.mindeye import (
+from heads.zoo.mindeye.model import (
     BrainNetwork,
     MindEyeModel,
     MixerBlock,
@@ -73,8 +73,9 @@ def test_text_align_head_is_mean_pool_then_mlp():
 
 def test_model_concatenates_subjects_in_order():
     torch.manual_seed(0)
-    model = MindEyeModel([10, 12], hidden=8, n_blocks=2, clip_tokens=3, clip_dim=5,
-                         text_dim=4, text_hidden=6).eval()  # fmt: skip
+    model = MindEyeModel(
+        [10, 12], hidden=8, n_blocks=2, clip_tokens=3, clip_dim=5, text_dim=4, text_hidden=6
+    ).eval()
     a, b = torch.randn(2, 1, 10), torch.randn(3, 1, 12)
     out = model([a, b])
     assert out["backbone"].shape == out["clip_voxels"].shape == (5, 3, 5)
@@ -97,8 +98,12 @@ def test_model_without_text_head():
 def test_state_dict_keys_mirror_original_layout():
     model = MindEyeModel([6], hidden=4, n_blocks=1, clip_tokens=2, clip_dim=3, text_dim=None)
     keys = set(model.state_dict())
-    expected = {"ridge.linears.0.weight", "ridge.linears.0.bias",
-                "backbone.backbone_linear.weight", "backbone.backbone_linear.bias"}  # fmt: skip
+    expected = {
+        "ridge.linears.0.weight",
+        "ridge.linears.0.bias",
+        "backbone.backbone_linear.weight",
+        "backbone.backbone_linear.bias",
+    }
     for mixer in ("mixer_blocks1", "mixer_blocks2"):
         for idx in ("0", "1.0", "1.3"):  # LayerNorm, first Linear, second Linear
             expected |= {f"backbone.{mixer}.0.{idx}.weight", f"backbone.{mixer}.0.{idx}.bias"}
@@ -121,8 +126,9 @@ def test_original_wiring_matches_the_two_stream_recurrence():
         y = b2(x.transpose(1, 2)).transpose(1, 2) + y
     torch.testing.assert_close(net.mix(inp), y)
 
-    per_block = BrainNetwork(6, seq_len=3, n_blocks=3, clip_tokens=2, clip_dim=4,
-                             residual="per_block").eval()  # fmt: skip
+    per_block = BrainNetwork(
+        6, seq_len=3, n_blocks=3, clip_tokens=2, clip_dim=4, residual="per_block"
+    ).eval()
     per_block.load_state_dict(net.state_dict())
     z = inp
     for b1, b2 in zip(net.mixer_blocks1, net.mixer_blocks2, strict=True):
@@ -133,8 +139,7 @@ def test_original_wiring_matches_the_two_stream_recurrence():
 
 def _mixer1_grad(residual: str, seq_len: int) -> float:
     torch.manual_seed(2)
-    net = BrainNetwork(6, seq_len=seq_len, n_blocks=2, clip_tokens=2, clip_dim=4,
-                       residual=residual)  # fmt: skip
+    net = BrainNetwork(6, seq_len=seq_len, n_blocks=2, clip_tokens=2, clip_dim=4, residual=residual)
     backbone, clip_voxels = net(torch.randn(3, seq_len, 6))
     (backbone.square().sum() + clip_voxels.square().sum()).backward()
     return sum(p.grad.abs().sum().item() for p in net.mixer_blocks1.parameters())
@@ -165,8 +170,14 @@ def _mixer2(s: int) -> int:
 )
 def test_seed_size_parameter_counts_and_meta_forward(hidden, backbone_linear_params):
     with torch.device("meta"):
-        model = MindEyeModel([SUBJ1_VOXELS], hidden=hidden, n_blocks=4, clip_tokens=TOKENS,
-                             clip_dim=CLIP_DIM, text_dim=TEXT_DIM)  # fmt: skip
+        model = MindEyeModel(
+            [SUBJ1_VOXELS],
+            hidden=hidden,
+            n_blocks=4,
+            clip_tokens=TOKENS,
+            clip_dim=CLIP_DIM,
+            text_dim=TEXT_DIM,
+        )
     assert backbone_linear_params == hidden * OUT_DIM + OUT_DIM
     ridge = SUBJ1_VOXELS * hidden + hidden
     mixers = 4 * _mixer1(hidden) + 4 * _mixer2(1)
@@ -191,8 +202,9 @@ def test_seed_size_parameter_counts_and_meta_forward(hidden, backbone_linear_par
 def test_multi_subject_meta_ridge_counts():
     voxels = [15724, 14278, 15226, 13153, 13039, 17907, 12682, 14386]
     with torch.device("meta"):
-        model = MindEyeModel(voxels, hidden=1024, n_blocks=4, clip_tokens=TOKENS,
-                             clip_dim=CLIP_DIM, text_dim=None)  # fmt: skip
+        model = MindEyeModel(
+            voxels, hidden=1024, n_blocks=4, clip_tokens=TOKENS, clip_dim=CLIP_DIM, text_dim=None
+        )
     assert n_params(model.ridge) == sum(v * 1024 + 1024 for v in voxels)
     batch = [torch.empty(2, 1, v, device="meta") for v in voxels]
     assert model(batch)["clip_voxels"].shape == (16, TOKENS, CLIP_DIM)
@@ -203,8 +215,9 @@ def test_multi_subject_meta_ridge_counts():
 
 def test_param_groups_cover_everything_and_train_the_text_head():
     torch.manual_seed(3)
-    model = MindEyeModel([6], hidden=4, n_blocks=1, clip_tokens=2, clip_dim=3, text_dim=5,
-                         text_hidden=7)  # fmt: skip
+    model = MindEyeModel(
+        [6], hidden=4, n_blocks=1, clip_tokens=2, clip_dim=3, text_dim=5, text_hidden=7
+    )
     groups = param_groups(model, weight_decay=0.01)
     decay = {id(p) for p in groups[0]["params"]}
     no_decay = {id(p) for p in groups[1]["params"]}
@@ -249,8 +262,9 @@ def test_planted_signal_is_retrieved_far_above_chance(one_thread):
     mixing = torch.randn(tokens * dim, n_vox, generator=g) / (tokens * dim) ** 0.5
     voxels = targets.flatten(1) @ mixing + 0.5 * torch.randn(n_train + n_test, n_vox, generator=g)
 
-    model = MindEyeModel([n_vox], hidden=32, n_blocks=1, clip_tokens=tokens, clip_dim=dim,
-                         text_dim=None)  # fmt: skip
+    model = MindEyeModel(
+        [n_vox], hidden=32, n_blocks=1, clip_tokens=tokens, clip_dim=dim, text_dim=None
+    )
     opt = torch.optim.AdamW(param_groups(model, 1e-2), lr=3e-3)
     steps, batch = 300, 32
     mix_steps = steps // 3

@@ -8,7 +8,7 @@ import pytest
 
 from heads.data.nsd import Betas, read_trials, split_trials
 from heads.errors import HeadsError
-from heads.synthetic import write_subject
+from heads.zoo.mindeye.synthetic import write_subject
 
 
 @pytest.fixture
@@ -68,17 +68,22 @@ def test_nonfinite_betas_name_where(tmp_path):
         betas.read(np.array([1, 3]))
 
 
-@pytest.mark.parametrize("content,needle", [
-    ("missing", "does not exist"),
-    ("no-dataset", "no dataset 'betas'"),
-    ("3d", "expected [trials, voxels]"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("missing", "does not exist"),
+        ("no-dataset", "no dataset 'betas'"),
+        ("3d", "expected [trials, voxels]"),
+    ],
+)
 def test_bad_betas_files(tmp_path, content, needle):
     path = tmp_path / "b.hdf5"
     if content != "missing":
         with h5py.File(path, "w") as f:
-            f.create_dataset("x" if content == "no-dataset" else "betas",
-                             data=np.zeros((2, 3, 4) if content == "3d" else (2, 3)))  # fmt: skip
+            f.create_dataset(
+                "x" if content == "no-dataset" else "betas",
+                data=np.zeros((2, 3, 4) if content == "3d" else (2, 3)),
+            )
     with pytest.raises(HeadsError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         Betas(path)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .data.nsd import BETAS_ROW, IMAGE, N_COLUMNS, SESSION, SHARED1000, SUBJECT
+from ...data.nsd import BETAS_ROW, IMAGE, N_COLUMNS, SESSION, SHARED1000, SUBJECT
 
 
 def write_images(workdir: Path, n_images: int, seed: int) -> tuple[Path, Path]:

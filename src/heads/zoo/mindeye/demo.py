@@ -1,12 +1,12 @@
 """The end-to-end demo: stage one then stage two on a small synthetic NSD-like dataset.
 
-Labelled synthetic (see ``heads.synthetic``): betas are a planted linear encoding of each image's
+Labelled synthetic (see ``synthetic``): betas are a planted linear encoding of each image's
 teacher tokens plus noise, so retrieval far above chance shows the head learned.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,12 @@ from featstore.extract import extract
 from featstore.sources import open_source
 from featstore.teachers import create_teacher
 
-from . import config as config_mod
-from .registry import build_head, get_head
+from ... import config as config_mod
+from ...registry import get_head, recipe
+from ...report import Report
+from ...runs import evaluate_run
+from ...train import train
 from .synthetic import write_images, write_subject
-from .train import train
 
 N_IMAGES, N_TEST = 240, 40
 
@@ -40,44 +42,57 @@ def prepare(
     images, captions = write_images(workdir, n_images, seed)
     store = Store(workdir / "store")
     log(f"stage one: synthetic images and captions in {workdir}, store {store.root}")
-    tokens = extract(create_teacher("bigG-tiny", weights="random"), open_source(images), store,
-                     outputs=["tokens"], batch_size=16, progress=progress, log=log)  # fmt: skip
+    tokens = extract(
+        create_teacher("bigG-tiny", weights="random"),
+        open_source(images),
+        store,
+        outputs=["tokens"],
+        batch_size=16,
+        progress=progress,
+        log=log,
+    )
     covered = np.arange(0, n_images, 4)[:, None] + np.arange(3)  # 3 of every 4 images have text
     covered = covered[covered < n_images]
-    text = extract(create_teacher("clip-l-text-tiny", weights="random"),
-                   open_source(captions, ids=covered.reshape(-1).tolist()), store,
-                   outputs=["pooled"], batch_size=64, progress=progress, log=log)  # fmt: skip
+    text = extract(
+        create_teacher("clip-l-text-tiny", weights="random"),
+        open_source(captions, ids=covered.reshape(-1).tolist()),
+        store,
+        outputs=["pooled"],
+        batch_size=64,
+        progress=progress,
+        log=log,
+    )
     token_key, text_key = tokens.entries[0].key, text.entries[0].key
     all_tokens = open_entry(token_key, store).gather(np.arange(n_images))
     betas, trials = write_subject(workdir, all_tokens, n_test, n_voxels=n_voxels, seed=seed)
     return {
-        "data": {"store": str(store.root), "image_targets": token_key, "text_targets": text_key,
-                 "trials": [str(trials)], "betas": [str(betas)], "num_sessions": 3,
-                 "images": str(images)},
+        "data": {
+            "store": str(store.root),
+            "image_targets": token_key,
+            "text_targets": text_key,
+            "trials": [str(trials)],
+            "betas": [str(betas)],
+            "num_sessions": 3,
+            "images": str(images),
+        },
         "model": {"hidden": 256, "n_blocks": 2},
         "train": {"epochs": 12, "batch_size": 16, "lr": 1e-3, "log_every": 5},
-    }  # fmt: skip
+    }
 
 
-def run_demo(workdir: Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+def run_demo(workdir: Path, progress: bool = True, log: Callable[[str], None] = print) -> Report:
     workdir = Path(workdir)
     overrides = prepare(workdir, progress=progress, log=log)
-    spec = get_head("mindeye")
-    cfg = config_mod.merge(spec.defaults(), overrides)
+    head_cls = get_head("mindeye")
+    cfg = config_mod.merge(recipe(head_cls), overrides)
     run_dir = workdir / "runs" / "mindeye-demo"
-    if (run_dir / "config.json").exists():
-        import shutil
-
+    if run_dir.exists():
         shutil.rmtree(run_dir)
     log("\nstage two: heads train mindeye (synthetic NSD-like data)")
-    head = build_head(spec, cfg)
-    train(head, cfg, run_dir, progress=progress, log=log)
-    report = spec.evaluate(head, run_dir)
+    train(head_cls(cfg), cfg, run_dir, progress=progress, log=log)
+    report, _ = evaluate_run("mindeye", run_dir)
     log("\nheads eval mindeye (test images, outputs averaged over 3 repeats):")
-    from .report import format_report
-
-    for line in format_report(report):
+    for line in report.format():
         log(f"  {line}")
     log(f"\nrun directory: {run_dir}  (config.json, metrics.jsonl, model.safetensors, plots/)")
-    (workdir / "demo-summary.json").write_text(json.dumps(report, indent=2))
     return report

@@ -192,3 +192,12 @@ def soft_clip_temperature(
     if n <= 1:
         return cosine_temperature(0.0, start, end)
     return cosine_temperature((epoch - first) / (n - 1), start, end)
+
+
+def clip_loss(a: Tensor, b: Tensor, temp: float | Tensor) -> Tensor:
+    """Symmetric InfoNCE (CLIP's loss): row ``i`` of ``a`` should pick row ``i`` of ``b`` and
+    vice versa; the mean of the two cross-entropies of ``a @ b.T / temp``. Inputs: L2-normalized
+    rows."""
+    logits = a @ b.T / temp
+    target = torch.arange(a.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

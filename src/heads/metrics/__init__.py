@@ -1,0 +1,1 @@
+"""Evaluation metrics shared by heads (retrieval, sequence decoding, captioning)."""

@@ -1,0 +1,48 @@
+"""Retrieval metrics: top-k accuracy in both directions, N-way draws, confidence intervals.
+
+A similarity matrix ``sim[q, c]`` scores query ``q`` against candidate ``c``; query ``i``'s
+correct candidate is ``i``. "Both directions" means ``sim`` and ``sim.T``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def topk_accuracy(sim: Tensor, k: int = 1) -> float:
+    """Share of rows whose own column (the diagonal) is among the ``k`` highest. Ties count
+    against the row (a row of equal scores is not a hit)."""
+    own = sim.diagonal().unsqueeze(1)
+    rank = (sim > own).sum(1)  # how many candidates beat the right one
+    ties = (sim == own).sum(1) - 1
+    return ((rank + ties) < k).float().mean().item()
+
+
+def topk_both(sim: Tensor, ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
+    """``{"fwd_top1": ..., "bwd_top1": ...}``: queries → candidates (rows) and back (columns).
+    A ``k`` above the number of candidates is left out."""
+    out = {}
+    for k in ks:
+        if k <= sim.shape[1]:
+            out[f"fwd_top{k}"] = topk_accuracy(sim, k)
+            out[f"bwd_top{k}"] = topk_accuracy(sim.T, k)
+    return out
+
+
+def summary(values: Iterable[float], way: int) -> dict[str, float]:
+    """Mean over draws with the 95% CI half-width ``1.96 · std(ddof=1) / √draws``, N-way and
+    chance (``1 / way``)."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    ci = 1.96 * arr.std(ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else 0.0
+    return {"mean": float(arr.mean()), "ci95": float(ci), "way": int(way), "chance": 1 / way}
+
+
+def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
+    """``sim[i, j] = cos(a[i], b[j])`` for rows flattened to vectors."""
+    a = torch.nn.functional.normalize(a.flatten(1).float(), dim=-1)
+    b = torch.nn.functional.normalize(b.flatten(1).float(), dim=-1)
+    return a @ b.T

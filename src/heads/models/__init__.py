@@ -1,1 +1,0 @@
-"""Head architectures trained by stage two (MindEye2 + TextAlign)."""

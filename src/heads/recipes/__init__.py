@@ -1,1 +1,0 @@
-"""Head recipes: each module registers one head (model + losses + data + default TOML)."""

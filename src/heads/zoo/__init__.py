@@ -1,0 +1,1 @@
+"""Built-in heads, one package each; every package here is imported and registers itself."""
