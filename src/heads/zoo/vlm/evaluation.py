@@ -25,6 +25,8 @@ from .generation import generate
 if TYPE_CHECKING:
     from .head import ChatBatches, Vlm
 
+REPEATED_QUESTION = 5  # a question asked this often gets its own accuracy line
+
 
 @torch.no_grad()
 def held_out_loss(model: nn.Module, data: ChatBatches, batch_size: int) -> dict[str, float]:
@@ -101,12 +103,25 @@ def answer_accuracy(head: Vlm, model: nn.Module) -> tuple[dict[str, float], list
             )
     if not results:
         return {}, []
-    metrics = {
-        "answers": float(len(results)),
+    metrics: dict[str, Any] = {"answers": float(len(results)), **_scores(results)}
+    by_question: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        question = " ".join(r["question"].replace(head.encoder.image_tag, " ").split())
+        by_question.setdefault(question, []).append(r)
+    repeated = {q: rs for q, rs in by_question.items() if len(rs) >= REPEATED_QUESTION}
+    if repeated:
+        metrics["by_question"] = {
+            q: {"answers": len(rs), **_scores(rs)}
+            for q, rs in sorted(repeated.items(), key=lambda item: -len(item[1]))[:10]
+        }
+    return metrics, results
+
+
+def _scores(results: list[dict[str, Any]]) -> dict[str, float]:
+    return {
         "exact_match": float(np.mean([r["exact"] for r in results])),
         "contains": float(np.mean([r["contains"] for r in results])),
     }
-    return metrics, results
 
 
 def final_evaluation(head: Vlm, model: nn.Module, run_dir: Path) -> Report:
@@ -132,6 +147,11 @@ def final_evaluation(head: Vlm, model: nn.Module, run_dir: Path) -> Report:
             f"short answers ({int(scores['answers'])}): exact match {scores['exact_match']:.1%}, "
             f"contains the reference {scores['contains']:.1%}"
         )
+        for question, s in scores.get("by_question", {}).items():
+            lines.append(
+                f"  {question!r} ({s['answers']}): exact {s['exact_match']:.1%}, "
+                f"contains {s['contains']:.1%}"
+            )
         answers = run_dir / "answers.jsonl"
         answers.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
         files.append(answers)

@@ -152,6 +152,8 @@ class Vlm(Head):
                 "data.train is not set: give minimind-v's chat JSONL (pretrain_data.jsonl for "
                 "stage 1, sft_data.jsonl for the sft recipe)."
             )
+        if m["llm_weights"] not in ("pretrained", "random"):
+            raise ConfigError(f"model.llm_weights={m['llm_weights']!r}: use pretrained or random.")
         self.tokenizer = load_tokenizer(
             m["tokenizer"] or llm_location(m["llm"]), m["trust_remote_code"]
         )

@@ -15,6 +15,7 @@ state dicts to and from minimind-v's flat names (``model.*``, ``lm_head.weight``
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,21 @@ _LOAD_HINT = (
 )
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """No load reports or progress bars from transformers while loading."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
 def load_llm(
     name: str, weights: str = "pretrained", trust_remote_code: bool = False, seed: int = 0
 ) -> nn.Module:
@@ -164,11 +180,18 @@ def load_llm(
     repo's weights into the Llama architecture, whatever class the repo names); ``"random"``
     builds its architecture with random weights drawn from ``seed`` (the global RNG is left as
     it was, so the rest of the model is initialised as without this call)."""
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
-
     if weights not in ("pretrained", "random"):
         raise ConfigError(f"model.llm_weights={weights!r}: use pretrained or random.")
     config = llm_config(name, trust_remote_code)
+    with quiet_transformers():
+        return _load_llm(name, weights, config, trust_remote_code, seed)
+
+
+def _load_llm(
+    name: str, weights: str, config: Any, trust_remote_code: bool, seed: int
+) -> nn.Module:
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -10,7 +10,6 @@ and ignores the projector), ``generation_config.json`` and the tokenizer.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from .model import (
     llm_location,
     load_llm,
     load_tokenizer,
+    quiet_transformers,
     to_minimind_v_names,
 )
 
@@ -50,21 +50,6 @@ class LoadedVlm:
     vision: dict[str, Any]
     entry: Any = None
     source: str = ""
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """No load reports or progress bars from transformers while loading."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
 
 
 def load_vlm(path: str | Path, weights: str = "auto", device: str = "auto") -> LoadedVlm:
@@ -85,8 +70,7 @@ def load_run(run_dir: Path, weights: str = "auto", device: str = "auto") -> Load
     tokenizer = load_tokenizer(m["tokenizer"] or llm_location(m["llm"]), m["trust_remote_code"])
     entry = open_patches(d["patches"], Store(d["store"] or None), d["image_tokens"])
     path = ckpt_mod.weights_file(run_dir, weights)
-    with quiet_transformers():
-        llm = load_llm(m["llm"], m["llm_weights"], m["trust_remote_code"], m["llm_seed"])
+    llm = load_llm(m["llm"], m["llm_weights"], m["trust_remote_code"], m["llm_seed"])
     model = VisionLanguageModel(llm, int(entry.row_shape[1]))
     model.llm.requires_grad_(m["train_llm"])  # frozen tensors are not in the run's weights
     ckpt_mod.load_trainable_state(model, ckpt_mod.read_weights(path), str(path))

@@ -1,7 +1,7 @@
 """Labelled-synthetic data for the demo and the tests, in minimind-v's file layouts.
 
-- Images: a coloured shape on a coloured background (featstore's demo scenes), written as JPEG
-  into an image folder, like minimind-v's ``pretrain_images/`` and ``sft_images/``.
+- Images: a large coloured shape on a coloured background, written as JPEG into an image
+  folder, like minimind-v's ``pretrain_images/`` and ``sft_images/``.
 - Conversations: minimind-v's JSONL. The answers are a function of the image
   ("What shape is this?" → "A red circle."), so answering held-out images correctly measures
   learning; chance is 1 in 18 for the full answer (6 shape colours x 3 shapes).
@@ -54,18 +54,45 @@ class Scene:
         return f"A {self.color} {self.shape} on a {self.background} background."
 
 
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw_scene(rng: np.random.Generator, size: int = 224) -> tuple[Image.Image, Scene]:
+    """A shape of one colour on a background of another, at a random place, with a little pixel
+    noise. Every shape has the same half-width (``size // 3.5``), so the shapes differ in how
+    many patches they cover (square > circle > triangle) as well as in their outline."""
+    from PIL import ImageDraw
+
+    from featstore.demo import COLORS
+
+    names = list(COLORS)
+    color, background = (names[i] for i in rng.choice(len(names), size=2, replace=False))
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    r = int(size / 3.5)
+    cx, cy = (int(v) for v in rng.integers(r, size - r, size=2))
+    image = Image.new("RGB", (size, size), COLORS[background])
+    draw = ImageDraw.Draw(image)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "circle":
+        draw.ellipse(box, fill=COLORS[color])
+    elif shape == "square":
+        draw.rectangle(box, fill=COLORS[color])
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=COLORS[color])
+    noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, 6, (size, size, 3))
+    pixels = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    return pixels, Scene("", color, shape, background)
+
+
 def write_images(folder: Path, n: int, seed: int = 0, prefix: str = "img") -> list[Scene]:
     """``n`` scenes as JPEG files in ``folder``."""
-    from featstore.demo import synthetic_scene
-
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     scenes = []
     for i in range(n):
-        pixels, caption = synthetic_scene(rng)
-        words = caption.split()  # "a {color} {shape} on a {background} background"
-        scene = Scene(f"{prefix}_{i:04d}.jpg", words[1], words[2], words[5])
-        Image.fromarray(pixels).save(folder / scene.name, quality=95)
+        pixels, scene = draw_scene(rng)
+        scene = Scene(f"{prefix}_{i:04d}.jpg", scene.color, scene.shape, scene.background)
+        pixels.save(folder / scene.name, quality=95)
         scenes.append(scene)
     return scenes
 
@@ -96,14 +123,15 @@ def pretrain_records(scenes: list[Scene], seed: int = 0) -> list[dict[str, Any]]
 
 
 def sft_records(scenes: list[Scene], seed: int = 0, pairs: int = 0) -> list[dict[str, Any]]:
-    """Questions about each scene (one sample per question), plus ``pairs`` two-image samples
-    ("What are the two shapes?")."""
-    records = [
-        {"conversations": turn(f"<image>\n{q}", a), "image": s.name}
-        for s in scenes
-        for q, a in questions(s)
-    ]
+    """One conversation per scene: its three questions in a random order, the image given in
+    the first; plus ``pairs`` two-image samples ("What are the two shapes?")."""
     rng = np.random.default_rng(seed)
+    records = []
+    for s in scenes:
+        asked = [questions(s)[i] for i in rng.permutation(3)]
+        conversation = [t for q, a in asked for t in turn(q, a)]
+        conversation[0]["content"] = f"<image>\n{conversation[0]['content']}"
+        records.append({"conversations": conversation, "image": s.name})
     for _ in range(pairs):
         a, b = (scenes[i] for i in rng.choice(len(scenes), size=2, replace=False))
         answer = f"A {a.color} {a.shape} and a {b.color} {b.shape}."
@@ -114,6 +142,15 @@ def sft_records(scenes: list[Scene], seed: int = 0, pairs: int = 0) -> list[dict
             }
         )
     return records
+
+
+def question_records(scenes: list[Scene]) -> list[dict[str, Any]]:
+    """One sample per question (held-out data: the last turn is the reference answer)."""
+    return [
+        {"conversations": turn(f"<image>\n{q}", a), "image": s.name}
+        for s in scenes
+        for q, a in questions(s)
+    ]
 
 
 def text_records(scenes: list[Scene]) -> list[dict[str, Any]]:
@@ -179,6 +216,8 @@ def write_tiny_llm(
     RoPE θ 1e6, tied embeddings, no biases), saved with ``tokenizer`` in transformers' format."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from .model import quiet_transformers
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -197,7 +236,8 @@ def write_tiny_llm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    model.save_pretrained(out_dir)
+    with quiet_transformers():
+        model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
