@@ -74,11 +74,7 @@ def answer_accuracy(head: Vlm, model: nn.Module) -> tuple[dict[str, float], list
     for start in range(0, len(items), e["batch_size"]):
         chunk = [data.samples[i] for i in items[start : start + e["batch_size"]]]
         prompts = [head.encoder.prompt(s.turns[:-1], s.source) for s in chunk]
-        names = [n for s in chunk for n in s.images]
-        patches = None
-        if names:
-            rows = data.entry.positions(np.asarray(names, dtype=object))
-            patches = torch.from_numpy(data.entry.gather(rows))
+        patches = torch.from_numpy(data.patches([n for s in chunk for n in s.images]))
         answers = generate(
             model,
             head.encoder,

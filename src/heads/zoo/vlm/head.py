@@ -119,21 +119,19 @@ class ChatBatches(torch.utils.data.Dataset):
         samples = [self.samples[i] for i in indices]
         encoded = [self.encoder.encode(s) for s in samples]
         batch = pad_batch(encoded, self.encoder.pad_id)
-        names = [
-            n
-            for s, e in zip(samples, encoded, strict=True)
-            for n in s.images[: len(e.image_starts)]
-        ]
-        if names:
-            patches = self.entry.gather(self.entry.positions(np.asarray(names, dtype=object)))
-        else:
-            patches = np.zeros((0, *self.entry.row_shape), dtype=self.entry.dtype)
+        kept = [s.images[: len(e.image_starts)] for s, e in zip(samples, encoded, strict=True)]
         return {
             "input_ids": torch.from_numpy(batch["input_ids"]),
             "targets": torch.from_numpy(batch["targets"]),
             "image_starts": torch.from_numpy(batch["image_starts"]),
-            "patches": torch.from_numpy(patches),
+            "patches": torch.from_numpy(self.patches([n for names in kept for n in names])),
         }
+
+    def patches(self, names: list[str]) -> np.ndarray:
+        """``[len(names), T, width]`` patch tokens of the named images, in order."""
+        if not names:
+            return np.zeros((0, *self.entry.row_shape), dtype=self.entry.dtype)
+        return self.entry.gather(self.entry.positions(np.asarray(names, dtype=object)))
 
 
 @register_head(

@@ -43,14 +43,13 @@ def splice_images(
 ) -> torch.Tensor:
     """``embeds [B, L, H]`` with image k's tokens ``images[k] [T, H]`` written over positions
     ``image_starts[k] = (row, start)`` .. ``start + T - 1``; out of place, so gradients reach
-    both the projector and the surrounding text embeddings."""
+    both the projector and the surrounding text embeddings. No host sync: the chat encoder
+    guarantees every run lies inside its row."""
     n, t, _ = images.shape
     if image_starts.shape != (n, 2):
         raise ValueError(f"{n} images but image_starts has shape {tuple(image_starts.shape)}")
     rows = image_starts[:, :1].expand(n, t)
     cols = image_starts[:, 1:] + torch.arange(t, device=embeds.device)
-    if n and int(cols.max()) >= embeds.shape[1]:
-        raise ValueError("an image run extends past the end of the sequence")
     return embeds.index_put((rows.reshape(-1), cols.reshape(-1)), images.reshape(n * t, -1))
 
 
