@@ -84,6 +84,8 @@ def test_placeholder_runs_for_several_images_and_stray_text(tokenizer):
     # the stray "@" in the text stays an ordinary token (a run shorter than one image)
     assert (e.ids == enc.image_token_id).sum() == 3 * 8 + 1
     bad = sample("<image>@\nWhat shape is this?", "A red circle.", images=["a.jpg"])
+    with pytest.raises(DataError, match="test: '@' touches an <image> tag"):
+        enc.check(bad)  # found in the text, before any tokenizing
     with pytest.raises(DataError, match="run of 9 tokens is not a whole number of images"):
         enc.encode(bad)
 

@@ -17,6 +17,7 @@ training-target mask (assistant spans, minimind-v's rule) and where each image's
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,10 @@ class ChatEncoder:
         self.assistant_start = assistant_start
         self.turn_end = turn_end
         self.placeholder = image_token * image_tokens
+        if importlib.util.find_spec("jinja2") is None:
+            raise ConfigError(
+                "chat templates need jinja2: pip install 'featstore-heads[vlm]' (or jinja2)."
+            )
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
                 "the tokenizer has no chat template; use one that has (MiniMind's ChatML) or "
@@ -177,6 +182,18 @@ class ChatEncoder:
         return self.tokenizer.apply_chat_template(
             self.messages(turns), tokenize=False, add_generation_prompt=generation_prompt
         )
+
+    def check(self, sample: ChatSample) -> None:
+        """Cheap text checks before any tokenizing: a placeholder character touching an image
+        tag would merge into that image's run."""
+        for content in sample.turns:
+            if self.image_tag + self.image_token in content or (
+                self.image_token + self.image_tag in content
+            ):
+                raise DataError(
+                    f"{sample.source}: {self.image_token!r} touches an {self.image_tag} tag, so "
+                    f"it would join the image's placeholder run; put a space between them."
+                )
 
     def encode(self, sample: ChatSample) -> Encoded:
         """A training sample: ids (truncated to ``max_length``), targets, image starts."""

@@ -158,6 +158,8 @@ class Vlm(Head):
         self.encoder = make_encoder(self.tokenizer, d)
         self.train_samples = read_chat_jsonl(d["train"], d["image_tag"])
         self.val_samples = read_chat_jsonl(d["val"], d["image_tag"]) if d["val"] else []
+        for sample in (*self.train_samples, *self.val_samples):
+            self.encoder.check(sample)
         store = Store(d["store"] or None)
         self.entry = open_patches(d["patches"], store, d["image_tokens"])
         check_images(self.entry, self.train_samples, d["train"], "data.patches")
