@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from featstore import Store
 from featstore.extract import extract
 from featstore.sources import open_source
@@ -126,9 +128,19 @@ def run_demo(
     log: Callable[[str], None] = print,
     size: DemoSize = DemoSize(),
 ) -> Report:
+    # The demo's matrices are tiny (width 64): a second intra-op thread adds only
+    # synchronisation, and on a busy machine its spin-waits make steps several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_demo(Path(workdir), progress, log, size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(workdir: Path, progress: bool, log: Callable[[str], None], size: DemoSize) -> Report:
     from .runtime import load_run
 
-    workdir = Path(workdir)
     prepared = prepare(workdir, size, progress=progress, log=log)
     files, shared = prepared["files"], prepared["overrides"]
     runs_dir = workdir / "runs"

@@ -172,8 +172,8 @@ def image_folder(head: Vlm) -> Path | None:
 
 
 def plot_answers(head: Vlm, results: list[dict[str, Any]], out: Path) -> Path | None:
-    """A grid of the first ``eval.figure_samples`` answered images: question, generated answer
-    (green when exact) and reference."""
+    """A grid of the first ``eval.figure_samples`` answered images, each with its questions,
+    the generated answers and, where an answer is not exact, the reference (in red)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,25 +181,31 @@ def plot_answers(head: Vlm, results: list[dict[str, Any]], out: Path) -> Path | 
     from PIL import Image
 
     folder = image_folder(head)
-    shown = [r for r in results if r["images"]][: head.cfg["eval"]["figure_samples"]]
-    if folder is None or not shown:
+    panels: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        if r["images"] and (
+            r["images"][0] in panels or len(panels) < head.cfg["eval"]["figure_samples"]
+        ):
+            panels.setdefault(r["images"][0], []).append(r)
+    if folder is None or not panels:
         return None
-    cols = min(4, len(shown))
-    rows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.9 * rows), squeeze=False)
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.2 * rows), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    for ax, r in zip(axes.flat, shown, strict=False):
-        path = folder / r["images"][0]
-        if path.is_file():
-            with Image.open(path) as im:
+    for ax, (name, answered) in zip(axes.flat, panels.items(), strict=False):
+        if (folder / name).is_file():
+            with Image.open(folder / name) as im:
                 ax.imshow(im.convert("RGB"))
-        question = r["question"].replace(head.encoder.image_tag, "").strip()
-        ax.set_title(
-            f"Q: {question}\nA: {r['answer'][:40]}\nref: {r['reference'][:40]}",
-            fontsize=8,
-            color="green" if r["exact"] else "red",
-        )
+        lines = []
+        for r in answered[:4]:
+            question = " ".join(r["question"].replace(head.encoder.image_tag, " ").split())
+            lines.append(f"{question[:38]} → {r['answer'][:30]}")
+            if not r["exact"]:
+                lines.append(f"    (reference: {r['reference'][:30]})")
+        exact = all(r["exact"] for r in answered)
+        ax.set_title("\n".join(lines), fontsize=7, color="green" if exact else "red")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
