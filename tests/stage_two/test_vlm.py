@@ -388,6 +388,7 @@ def test_other_bad_config(data, tmp_path):
     root, files, overrides = data
     for (section, key, value), message in [
         (("data", "patches", ""), "data.patches is not set"),
+        (("data", "patches", "nokey"), "data.patches = 'nokey': no entry 'nokey' in the store"),
         (("data", "train", ""), "data.train is not set"),
         (("model", "llm", str(tmp_path / "none")), "cannot load the tokenizer"),
         (("data", "image_token", "ab"), "the placeholder must be one token"),

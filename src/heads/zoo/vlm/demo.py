@@ -33,6 +33,7 @@ from ...report import Report
 from ...runs import evaluate_run
 from ...train import train
 from . import synthetic as syn
+from .model import quiet_transformers
 
 
 @dataclass(frozen=True)
@@ -109,14 +110,27 @@ def prepare(
     }
 
 
-def _config(recipe_name: str, *layers: dict[str, Any]) -> dict[str, Any]:
+def _stage(
+    recipe_name: str,
+    shared: dict[str, Any],
+    run_dir: Path,
+    data: dict[str, Any],
+    llm: Path,
+    train_settings: dict[str, Any],
+    progress: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Train one stage: the recipe, the shared overrides, then this stage's; the LR schedule is
+    a cosine from ``lr`` to ``lr / 10``, like the recipes'."""
     cfg = recipe(get_head("vlm"), recipe_name)
-    for layer in layers:
+    lr = train_settings["lr"]
+    stage = {
+        "data": data,
+        "model": {"llm": str(llm)},
+        "train": {"min_lr": lr / 10, **train_settings},
+    }
+    for layer in (shared, stage):
         cfg = config_mod.merge(cfg, layer)
-    return cfg
-
-
-def _train(cfg: dict[str, Any], run_dir: Path, progress: bool, log) -> None:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     train(get_head("vlm")(cfg), cfg, run_dir, progress=progress, log=log)
@@ -146,55 +160,39 @@ def _run_demo(workdir: Path, progress: bool, log: Callable[[str], None], size: D
     runs_dir = workdir / "runs"
 
     log("\nthe LLM learns the language: questions about scenes described in words (no images)")
-    text_cfg = _config(
-        "sft",
-        shared,
-        {
-            "data": {"train": str(files["text"]), "val": ""},
-            "model": {"llm": str(workdir / "llm-init")},
-            "train": {"epochs": size.text_epochs, "lr": 3e-3, "min_lr": 3e-4},
-        },
+    text = {"train": str(files["text"]), "val": ""}
+    settings = {"epochs": size.text_epochs, "lr": 3e-3}
+    _stage(
+        "sft", shared, runs_dir / "llm-text", text, workdir / "llm-init", settings, progress, log
     )
-    _train(text_cfg, runs_dir / "llm-text", progress, log)
     llm_dir = workdir / "llm"
     if llm_dir.exists():
         shutil.rmtree(llm_dir)
     text_model = load_run(runs_dir / "llm-text", device="cpu")
-    text_model.model.llm.save_pretrained(llm_dir)
+    with quiet_transformers():
+        text_model.model.llm.save_pretrained(llm_dir)
     text_model.encoder.tokenizer.save_pretrained(llm_dir)
     log(f"saved the text-trained LLM to {llm_dir} (transformers format)")
 
     log("\nstage 1 (heads train vlm): only the projector trains; captions of training images")
-    stage1_cfg = _config(
+    stage1 = runs_dir / "vlm-pretrain"
+    settings = {"epochs": size.stage1_epochs, "lr": 4.4e-3}
+    _stage(
         "default",
         shared,
-        {
-            "data": {"train": str(files["pretrain"])},
-            "model": {"llm": str(llm_dir)},
-            "train": {"epochs": size.stage1_epochs, "lr": 4.4e-3, "min_lr": 4e-4},
-        },
+        stage1,
+        {"train": str(files["pretrain"])},
+        llm_dir,
+        settings,
+        progress,
+        log,
     )
-    stage1 = runs_dir / "vlm-pretrain"
-    _train(stage1_cfg, stage1, progress, log)
     stage1_report, _ = evaluate_run("vlm", stage1)
 
     log("\nstage 2 (heads train vlm -r sft --init-from stage 1): LLM + projector; questions")
-    stage2_cfg = _config(
-        "sft",
-        shared,
-        {
-            "data": {"train": str(files["sft"])},
-            "model": {"llm": str(llm_dir)},
-            "train": {
-                "epochs": size.stage2_epochs,
-                "lr": 3e-3,
-                "min_lr": 3e-4,
-                "init_from": str(stage1),
-            },
-        },
-    )
     stage2 = runs_dir / "vlm-sft"
-    _train(stage2_cfg, stage2, progress, log)
+    settings = {"epochs": size.stage2_epochs, "lr": 3e-3, "init_from": str(stage1)}
+    _stage("sft", shared, stage2, {"train": str(files["sft"])}, llm_dir, settings, progress, log)
     report, _ = evaluate_run("vlm", stage2)
 
     log("\nheads eval vlm on the held-out images (labelled synthetic data):")
@@ -221,8 +219,11 @@ def _chat_example(run: Path, workdir: Path, log: Callable[[str], None]) -> None:
     question = sample["conversations"][0]["content"]
     patches, how = ImageEncoder(loaded)(image)
     answer = generate(
-        loaded.model, loaded.encoder, [loaded.encoder.prompt([question])], patches[None],
+        loaded.model,
+        loaded.encoder,
+        [loaded.encoder.prompt([question])],
+        patches[None],
         max_new_tokens=16,
-    )[0]  # fmt: skip
+    )[0]
     log(f"\nheads chat vlm {run} -i {image} {question.split(chr(10))[-1]!r} --temperature 0")
     log(f"  [{how}] {answer.strip()}   (reference: {sample['conversations'][1]['content']})")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featstore import Store, open_entry
+from featstore import FeatstoreError, Store, open_entry
 
 from ...checkpoint import weights_file
 from ...data.chat_jsonl import ChatEncoder, ChatSample, pad_batch, read_chat_jsonl
@@ -54,7 +54,7 @@ def open_patches(key: str, store: Store, image_tokens: int, what: str = "data.pa
         )
     try:
         entry = open_entry(key, store)
-    except Exception as e:  # noqa: BLE001 - reported with the config key that named it
+    except FeatstoreError as e:  # no such entry, an incomplete one, a damaged manifest
         raise DataError(f"{what} = {key!r}: {e}") from None
     shape = entry.row_shape
     if entry.ragged or len(shape) != 2 or shape[0] != image_tokens:

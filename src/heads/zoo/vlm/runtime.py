@@ -226,7 +226,8 @@ def load_export(path: Path, device: str = "auto") -> LoadedVlm:
     projector = {}
     for file in sorted(path.glob("*.safetensors")):
         with safe_open(str(file), "pt") as f:
-            names = [k for k in f.keys() if k.startswith("vision_proj.")]  # noqa: SIM118
+            keys = list(f.keys())
+            names = [k for k in keys if k.startswith("vision_proj.")]
             projector.update({k: f.get_tensor(k) for k in names})
     width = int(settings["vision_hidden_size"])
     weight = projector.get("vision_proj.vision_proj.0.weight")
