@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featstore import FeatstoreError, Store, open_entry
+from featstore import Entry, FeatstoreError, Store, open_entry
 
 from ...checkpoint import weights_file
 from ...data.chat_jsonl import ChatEncoder, ChatSample, pad_batch, read_chat_jsonl
@@ -45,7 +45,7 @@ def make_encoder(tokenizer: Any, data: dict[str, Any]) -> ChatEncoder:
     )
 
 
-def open_patches(key: str, store: Store, image_tokens: int, what: str = "data.patches"):
+def open_patches(key: str, store: Store, image_tokens: int, what: str = "data.patches") -> Entry:
     """The featstore entry of patch tokens, checked: fixed rows of ``[image_tokens, width]``."""
     if not key:
         raise ConfigError(
@@ -66,7 +66,7 @@ def open_patches(key: str, store: Store, image_tokens: int, what: str = "data.pa
     return entry
 
 
-def check_images(entry, samples: list[ChatSample], path: str, what: str) -> None:
+def check_images(entry: Entry, samples: list[ChatSample], path: str, what: str) -> None:
     """Every image the samples name has a row in ``entry``."""
     names = np.asarray(sorted({n for s in samples for n in s.images}), dtype=object)
     if not len(names):
@@ -109,7 +109,7 @@ class ChatBatches(torch.utils.data.Dataset):
     survived truncation, in order, from the memory-mapped entry.
     """
 
-    def __init__(self, samples: list[ChatSample], encoder: ChatEncoder, entry) -> None:
+    def __init__(self, samples: list[ChatSample], encoder: ChatEncoder, entry: Entry) -> None:
         self.samples, self.encoder, self.entry = samples, encoder, entry
 
     def __len__(self) -> int:
@@ -215,7 +215,9 @@ class Vlm(Head):
         return items  # ChatBatches.__getitems__ already assembles the batch
 
     # -- loss -------------------------------------------------------------------------------------
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], progress: Progress):
+    def loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], progress: Progress
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """minimind-v's loss: token cross-entropy x loss mask, summed / mask count."""
         logits = model(batch["input_ids"], batch["patches"], batch["image_starts"])
         loss = masked_lm_loss(logits, batch["input_ids"], batch["targets"])

@@ -16,6 +16,7 @@ state dicts to and from minimind-v's flat names (``model.*``, ``lm_head.weight``
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ _LOAD_HINT = (
 
 
 @contextlib.contextmanager
-def quiet_transformers():
+def quiet_transformers() -> Iterator[None]:
     """No load reports or progress bars from transformers while loading."""
     from transformers.utils import logging as hf_logging
 

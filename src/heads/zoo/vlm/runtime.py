@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from featstore import Store
+from featstore import Entry, Store
 from featstore.hashing import canonical_json
+from featstore.teachers import Teacher, create_teacher
 
 from ... import checkpoint as ckpt_mod
 from ...data.chat_jsonl import ChatEncoder
@@ -48,7 +49,7 @@ class LoadedVlm:
     model: VisionLanguageModel
     encoder: ChatEncoder
     vision: dict[str, Any]
-    entry: Any = None
+    entry: Entry | None = None
     source: str = ""
 
 
@@ -81,7 +82,7 @@ def load_run(run_dir: Path, weights: str = "auto", device: str = "auto") -> Load
     return LoadedVlm(model, make_encoder(tokenizer, d), vision, entry, source)
 
 
-def vision_info(entry) -> dict[str, Any]:
+def vision_info(entry: Entry) -> dict[str, Any]:
     """What a model trained on ``entry`` expects of new images: the teacher's identity
     (architecture, weights, preprocessing), the output and its dtype."""
     inputs = entry.manifest["key_inputs"]
@@ -96,12 +97,10 @@ def vision_info(entry) -> dict[str, Any]:
 
 
 # -- images -------------------------------------------------------------------------------------
-def vision_teacher(vision: dict[str, Any], weights: str = "auto"):
+def vision_teacher(vision: dict[str, Any], weights: str = "auto") -> Teacher:
     """The featstore teacher that made the training patches, rebuilt to encode new images;
     ``weights="auto"`` takes them from its recorded identity. A teacher whose identity differs
     (other weights, other preprocessing) is refused: its tokens are not what the model saw."""
-    from featstore.teachers import create_teacher
-
     identity = vision["identity"]
     recorded = identity["weights"]
     options: dict[str, Any] = {}
