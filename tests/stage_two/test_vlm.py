@@ -30,6 +30,7 @@ from heads.zoo.vlm.model import (
     VisionProj,
     from_minimind_v_names,
     llm_config,
+    load_minimind_v_checkpoint,
     to_minimind_v_names,
 )
 from heads.zoo.vlm.runtime import ImageEncoder, export, load_export, load_run
@@ -215,7 +216,7 @@ def test_batched_generation_equals_one_at_a_time(stages, data):
     assert "".join(pieces) == streamed[0] == one[0]
 
 
-def test_original_parameter_names_round_trip(stages):
+def test_original_parameter_names_round_trip(stages, tmp_path):
     state = read_weights(weights_file(stages[1]))
     original = to_minimind_v_names(state)
     assert "model.layers.0.self_attn.q_proj.weight" in original
@@ -223,6 +224,15 @@ def test_original_parameter_names_round_trip(stages):
     original["vision_encoder.vision_model.embeddings.patch_embedding.weight"] = torch.zeros(1)
     back = from_minimind_v_names(original)
     assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    # a minimind-v checkpoint file (half precision, its names) loads into the model
+    torch.save({k: v.half() for k, v in original.items()}, tmp_path / "sft_vlm_32.pth")
+    loaded = load_minimind_v_checkpoint(tmp_path / "sft_vlm_32.pth")
+    model = load_run(stages[1], device="cpu").model
+    model.load_state_dict(loaded)
+    assert torch.equal(
+        model.state_dict()["vision_proj.vision_proj.0.bias"],
+        state["vision_proj.vision_proj.0.bias"].half().float(),
+    )
 
 
 # -- training, checkpoints, resume ---------------------------------------------------------------
