@@ -400,6 +400,7 @@ def train(
         return found
 
     flushed = device.type == "cpu" and torch.set_flush_denormal(True)
+    clock = time.perf_counter()  # step records carry the seconds since training started here
     window = _Window()
     epoch_sum = torch.zeros((), device=device)
     try:
@@ -417,7 +418,10 @@ def train(
             started = time.perf_counter()
             model.train()
             micro = 0
+            data_wait = 0.0  # host time spent waiting for the next batch (the GPU may idle)
+            waiting_since = time.perf_counter()
             for batch in loader:
+                data_wait += time.perf_counter() - waiting_since
                 batch = to_device(batch, device)
                 last_micro = (micro + 1) % t.grad_accum == 0
                 prog = Progress(epoch, state.step, epochs, steps_per_epoch, total_steps)
@@ -433,6 +437,7 @@ def train(
                 state.epoch_count += 1
                 micro += 1
                 if not last_micro:
+                    waiting_since = time.perf_counter()
                     continue
                 for until, params in held:
                     if epoch < until:
@@ -448,6 +453,7 @@ def train(
                 state.step += 1
                 if state.step % t.log_every == 0 or state.step == total_steps:
                     record = _step_record(window, state.step, epoch, opt, device)
+                    record["seconds"] = round(time.perf_counter() - clock, 4)
                     window = _Window()
                     metrics.write(record)
                     bar.update(1, loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
@@ -460,6 +466,7 @@ def train(
                     save_checkpoint()
                 if state.step >= total_steps or state.stopped:
                     break
+                waiting_since = time.perf_counter()
             bar.close()
             _sync_epoch_loss(state, epoch_sum)
             epoch_done = state.step % steps_per_epoch == 0 or state.step >= total_steps
@@ -472,6 +479,7 @@ def train(
                 "step": state.step,
                 "train_loss": train_loss,
                 "epoch_seconds": time.perf_counter() - started,
+                "data_wait": data_wait / max(time.perf_counter() - started, 1e-9),
             }
             metrics.write(record, "epoch")
             evaluated = {}
