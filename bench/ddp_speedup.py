@@ -44,17 +44,37 @@ def worker(args: argparse.Namespace) -> None:
     train(head, cfg, Path(args.run_dir), progress=False, log=lambda *_: None)
     if int(os.environ["RANK"]) == 0:
         seconds = step_seconds(head.stamps)
-        Path(args.out).write_text(json.dumps({"step_s": seconds, "world": world,
-                                              "samples_per_s": args.batch * world / seconds}))
+        Path(args.out).write_text(
+            json.dumps(
+                {"step_s": seconds, "world": world, "samples_per_s": args.batch * world / seconds}
+            )
+        )
 
 
 def launch(n: int, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={n}", __file__, "--worker", "--out", str(out),
-               "--run-dir", str(Path(tmp) / "run"), "--dim", str(args.dim), "--hidden",
-               str(args.hidden), "--batch", str(args.batch), "--steps", str(args.steps)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={n}",
+            __file__,
+            "--worker",
+            "--out",
+            str(out),
+            "--run-dir",
+            str(Path(tmp) / "run"),
+            "--dim",
+            str(args.dim),
+            "--hidden",
+            str(args.hidden),
+            "--batch",
+            str(args.batch),
+            "--steps",
+            str(args.steps),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
         return json.loads(out.read_text())

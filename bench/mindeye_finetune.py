@@ -10,7 +10,7 @@ What is measured
 
 How to run
     python bench/mindeye_finetune.py                 # 160 images, 3 + 1 subjects; minutes on CPU
-    python bench/mindeye_finetune.py --noise 1.0 --sessions 8
+    python bench/mindeye_finetune.py --noise 0.5 --sessions 8
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--test", type=int, default=32)
     p.add_argument("--pretrain", type=int, default=3)
     p.add_argument("--sessions", type=int, default=4)
-    p.add_argument("--noise", type=float, default=0.5)
-    p.add_argument("--latent", type=int, default=64)
-    p.add_argument("--pretrain-epochs", type=int, default=10)
-    p.add_argument("--finetune-epochs", type=int, default=30)
+    p.add_argument("--noise", type=float, default=0.25)
+    p.add_argument("--latent", type=int, default=12)
+    p.add_argument("--pretrain-epochs", type=int, default=20)
+    p.add_argument("--finetune-epochs", type=int, default=40)
     p.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "out" / "mindeye_finetune.json"
     )

@@ -403,3 +403,17 @@ def test_epoch_length_follows_the_original_rule(dataset, tmp_path):
     assert multi.samples_per_epoch() == 750 * 40
     plan = multi.batch_plan(0, np.random.default_rng(0), 42, len(multi.train_dataset()))
     assert len(plan) == 714  # the original: 30000 // 42 (the old rule gave 48 // 21 = 2)
+
+
+def test_finetune_from_pretraining_beats_scratch_at_one_session(tmp_path):
+    """Issue: pretrain on several synthetic subjects sharing a latent, then a new subject on one
+    session: from the pretrained run (the finetune recipe's --init-from) beats from scratch."""
+    from heads.zoo.mindeye.transfer import compare
+
+    r = compare(tmp_path, log=lambda *_: None)
+    scratch, finetune = r["scratch"], r["finetune"]
+    assert r["pretrain"]["subj1"]["image_retrieval"] > 0.3  # the backbone learned something
+    gain = sum(finetune.values()) / 2 - sum(scratch.values()) / 2
+    assert gain > 0.05, (scratch, finetune)
+    cfg = json.loads((tmp_path / "finetune" / "config.json").read_text())
+    assert cfg["train"]["init_skip"] == ["ridge.linears.0.weight", "ridge.linears.[1-9]*"]
