@@ -56,17 +56,18 @@ def prepare(
     }
 
 
+DEMO_TRIALS = {"train": 48, "val": 10, "test": 6}  # per session
 DEMO_TRAIN = {
-    "model": {"n_units": 96, "n_layers": 2},
+    "model": {"n_units": 64, "n_layers": 2},
     "data": {"batches_per_epoch": 40},
-    "train": {"steps": 240, "batch_size": 16, "warmup_steps": 20, "lr": 5e-3, "num_workers": 0,
+    "train": {"steps": 120, "batch_size": 16, "warmup_steps": 20, "lr": 5e-3, "num_workers": 0,
               "log_every": 10},
 }  # fmt: skip
 
 
 def run_demo(workdir: Path, progress: bool = True, log: Callable[[str], None] = print) -> Report:
     workdir = Path(workdir)
-    overrides = prepare(workdir, progress=progress, log=log)
+    overrides = prepare(workdir, progress=progress, log=log, trials=DEMO_TRIALS)
     head_cls = get_head("brain2text")
     cfg = config_mod.merge(config_mod.merge(recipe(head_cls), overrides), DEMO_TRAIN)
     run_dir = workdir / "runs" / "brain2text-demo"
