@@ -21,6 +21,8 @@ Loading (``location``: a hub id or a local directory):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,26 @@ def load_tokenizer(location: str):
     return tokenizer
 
 
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Build modules with their parameters on the meta device (no memory, no init: a 7B LM costs
+    nothing until its tensors are assigned) while buffers such as rotary frequencies are computed
+    as usual (accelerate's ``init_empty_weights(include_buffers=False)``)."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None:
+            moved = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+            module._parameters[name] = moved
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
 def _qwen2_audio_parts(path: Path, dtype: torch.dtype) -> tuple[nn.Module, nn.Linear]:
     """The language model of a Qwen2-Audio checkpoint as a causal LM, and its projector; only
     the tensors they need are read (checkpoints name them ``language_model.model.*`` /
@@ -96,7 +118,7 @@ def _qwen2_audio_parts(path: Path, dtype: torch.dtype) -> tuple[nn.Module, nn.Li
                     if key.startswith(old):
                         state[new + key[len(old) :]] = f.get_tensor(key).to(dtype)
                         break
-    with torch.device("meta"):
+    with parameters_on_meta():
         lm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
         projector = nn.Linear(config.audio_config.d_model, config.text_config.hidden_size)
     parts = nn.ModuleDict({"lm": lm, "projector": projector})
