@@ -90,8 +90,8 @@ def test_loss_equals_a_plain_forward_of_each_trial_alone(causal_lm):
     torch.manual_seed(0)
     llm, tok = frozen(causal_lm)
     emb, lengths = torch.randn(2, 6, 12), torch.tensor([6, 3])
-    texts = [tok("the cat", add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
-             tok("we go home now", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]  # fmt: skip
+    texts = [tok(t, add_special_tokens=False)["input_ids"] for t in ("the cat", "we go home now")]
+    texts = [t + [tok.eos_token_id] for t in texts]
     ids = torch.zeros(2, 5, dtype=torch.long)
     for b, t in enumerate(texts):
         ids[b, : len(t)] = torch.tensor(t)
@@ -166,7 +166,7 @@ def test_a_run_trained_only_through_the_frozen_lm(causal_lm, tmp_path):
     assert not any(k.startswith("llm.lm.") for k in saved)  # the frozen LM is never saved
     assert any(not torch.equal(saved[k], v) for k, v in start.items())  # gradient came through
     report, _ = runs.evaluate_run("brain2text", tmp_path / "run")
-    assert 0 <= report.metrics["val_wer"] and 0 <= report.metrics["val_cer"]
+    assert report.metrics["val_wer"] >= 0 and report.metrics["val_cer"] >= 0
     with (tmp_path / "run" / "predictions_val.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and "pred_text" in rows[0] and "pred_phonemes" not in rows[0]
