@@ -248,6 +248,31 @@ def encoder_flops_per_sentence() -> float:
     return float(counter.get_total_flops())
 
 
+def real_size_tts_seconds(sentences: list[str]) -> dict[str, float]:
+    """CPU seconds per sentence of an MMS-TTS-size VITS (``VitsConfig()`` defaults are
+    facebook/mms-tts-eng's architecture; random weights: no hub here), fp32, as the seed runs it."""
+    from transformers import VitsConfig, VitsModel, VitsTokenizer
+
+    from featstore.teachers.qwen_audio import CHAR_VOCAB, bundled_char_vocab
+
+    torch.manual_seed(0)
+    model = VitsModel(VitsConfig(vocab_size=len(CHAR_VOCAB))).eval()
+    tok = VitsTokenizer(str(bundled_char_vocab() / "vocab.json"), add_blank=True, phonemize=False)
+    wall, cpu, audio = 0.0, 0.0, 0.0
+    for text in sentences:
+        ids = tok(text.lower().strip("."), return_tensors="pt")["input_ids"]
+        t0, c0 = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            out = model(input_ids=ids)
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        audio += float(out.sequence_lengths[0]) / model.config.sampling_rate
+    n = len(sentences)
+    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "wall_s_per_sentence": wall / n, "cpu_s_per_sentence": cpu / n,
+            "audio_s_per_sentence": audio / n}  # fmt: skip
+
+
 def baseline_step_flops(batch: int = 64, t: int = 544, days_dim: int = 512) -> float:
     """Forward + backward (3x forward) FLOPs of a seed-size baseline step: day layer, GRU
     (gates 3H x (I + H) per step and layer), output layer."""
@@ -304,6 +329,7 @@ def section2(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     step_flops = baseline_step_flops()
     teacher_flops = 64 * enc
     estimate = (teacher_flops + step_flops) / step_flops
+    tts = real_size_tts_seconds([reader.transcription(r) for r in plan[0][:4]])
     out = {
         "stage_one_s": stage_one_s, "stage_one_items": len(head.audio),
         "per_100_steps_s": per100, "ratio_seed_vs_cached": ratio,
@@ -311,7 +337,7 @@ def section2(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         "estimate": {"encoder_tflop_per_sentence": enc / 1e12,
                      "teacher_tflop_per_batch_64": teacher_flops / 1e12,
                      "baseline_step_tflop_batch_64": step_flops / 1e12,
-                     "ratio_seed_vs_cached": estimate},
+                     "ratio_seed_vs_cached": estimate, "mms_tts_size_cpu": tts},
     }  # fmt: skip
     print(f"qwen-audio-tiny, batch {args.batch}, GRU {args.units} x {args.layers}; stage one "
           f"(once): {stage_one_s:.1f} s for {out['stage_one_items']} sentences; load average "

@@ -56,12 +56,12 @@ def prepare(
     }
 
 
-DEMO_TRIALS = {"train": 32, "val": 8, "test": 4}  # per session
+DEMO_TRIALS = {"train": 48, "val": 8, "test": 4}  # per session
 DEMO_CHANNELS = 128  # t15 has 512; a quarter keeps the demo within CPU minutes
 DEMO_TRAIN = {
     "model": {"n_units": 64, "n_layers": 2},
-    "data": {"batches_per_epoch": 40},
-    "train": {"steps": 120, "batch_size": 16, "warmup_steps": 20, "lr": 5e-3, "num_workers": 0,
+    "data": {"batches_per_epoch": 50},
+    "train": {"steps": 200, "batch_size": 16, "warmup_steps": 20, "lr": 5e-3, "num_workers": 0,
               "log_every": 10},
 }  # fmt: skip
 
