@@ -240,3 +240,32 @@ def test_wer_and_cer_are_corpus_level_and_handle_empty_references():
     assert with_empty["wer"] == pytest.approx(2 / 2)  # two insertions over two reference words
     assert text_error_rates([""], [""]) == {"wer": 0.0, "cer": 0.0}
     assert text_error_rates(["Hello, world."], ["hello world"])["wer"] == 0.0
+
+
+def test_recipes_name_the_baseline_and_the_seed():
+    from heads import get_head, recipe
+    from heads.registry import recipe_names
+
+    head = get_head("brain2text")
+    assert recipe_names(head) == ["default", "baseline", "seed"]
+    default, baseline, seed = (recipe(head, n) for n in ("default", "baseline", "seed"))
+    assert (default["loss"]["alpha"], default["loss"]["beta"], default["loss"]["gamma"]) == (
+        1,
+        0,
+        1,
+    )
+    assert baseline["loss"]["alpha"] == 0 and baseline["train"] == default["train"]
+    assert (seed["loss"]["beta"], seed["loss"]["gamma"], seed["train"]["best_metric"]) == (
+        1,
+        0,
+        "val_wer",
+    )
+    t = default["train"]
+    assert (t["steps"], t["batch_size"], t["lr"], t["min_lr"], t["warmup_steps"]) == (
+        120_000, 64, 5e-3, 1e-4, 1000)  # fmt: skip
+    assert (t["eps"], t["weight_decay"], t["grad_clip"], t["scheduler"]) == (
+        0.1,
+        1e-3,
+        10,
+        "cosine",
+    )
