@@ -353,6 +353,10 @@ def section2(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         f"(fwd+bwd) -> the seed's way ~{estimate:.0f}x the cached step",
         flush=True,
     )
+    print(f"MMS-TTS-size VITS ({tts['params_m']:.1f} M params, random weights) on this CPU: "
+          f"{tts['cpu_s_per_sentence']:.2f} s CPU ({tts['wall_s_per_sentence']:.2f} s wall) per "
+          f"sentence of {tts['audio_s_per_sentence']:.1f} s audio -> "
+          f"{64 * tts['cpu_s_per_sentence']:.0f} CPU-s per batch of 64", flush=True)  # fmt: skip
     return out
 
 
