@@ -118,6 +118,12 @@ def test_train_resume_and_evaluate(dataset, tmp_path):
     assert rows[0]["sentence"].endswith(".") and rows[0]["true_phonemes"]
     assert (cut / "plots" / "eval_val.png").stat().st_size > 0
 
+    result = runner.invoke(app, ["eval", "brain2text", str(cut)])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"val_per: {m['val_per']:.2%}" in result.output and "predictions_val.csv" in result.output
+    )
+
     test, _ = runs.evaluate_run("brain2text", cut, ["eval.split=test"])
     assert "test_per" not in test.metrics and test.metrics["test_trials"] == 6
     assert any("no labels" in line for line in test.lines)

@@ -31,7 +31,13 @@ from .model import Brain2TextModel
 AUDIO_FAMILY = "qwen-audio"
 
 
-def ctc_per_trial_mean(logits, lengths, targets, target_lengths, zero_infinity=False):
+def ctc_per_trial_mean(
+    logits: torch.Tensor,
+    lengths: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    zero_infinity: bool = False,
+) -> torch.Tensor:
     """The baseline's CTC: per-trial losses (no length normalisation), averaged over the batch."""
     log_probs = logits.float().log_softmax(-1).transpose(0, 1)
     losses = F.ctc_loss(
@@ -41,7 +47,7 @@ def ctc_per_trial_mean(logits, lengths, targets, target_lengths, zero_infinity=F
     return losses.mean()
 
 
-def open_audio(key: str, store: Store, width: int | None = None):
+def open_audio(key: str, store: Store):
     """The audio entry, checked: a ragged ``frames`` entry of the qwen-audio teacher family."""
     try:
         entry = open_entry(key, store)
@@ -60,10 +66,6 @@ def open_audio(key: str, store: Store, width: int | None = None):
         raise DataError(
             f"data.audio = {key!r} is the {m.get('output')!r} output (rows {entry.row_shape}, "
             f"{m.get('layout')}); use the ragged `frames` output [T, D]."
-        )
-    if width is not None and entry.row_shape[0] != width:
-        raise DataError(
-            f"data.audio = {key!r} has {entry.row_shape[0]}-d frames, the model expects {width}."
         )
     return entry
 

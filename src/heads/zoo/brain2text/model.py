@@ -35,8 +35,8 @@ class Brain2TextModel(nn.Module):
 
     ``forward(features [B,T,C], day [B], n_time_steps [B])`` returns a dict with ``lengths`` (valid
     patches per trial), ``logits [B,P,n_classes]`` (with a CTC head) and ``embedding
-    [B,P,audio_dim]`` (with a projector); with ``text`` (an :class:`~.llm.TextBatch`) and an
-    LLM also ``llm_loss``.
+    [B,P,audio_dim]`` (with a projector); with ``text`` (``{"ids" [B, L], "lengths" [B]}``, the
+    transcripts' token ids) and an LLM also ``llm_loss``.
     """
 
     def __init__(
