@@ -218,6 +218,10 @@ def test_config_errors_come_before_the_run_directory(dataset, tmp_path):
         head_of(make_cfg(overrides, "loss.gamma=0"))
     with pytest.raises(ConfigError, match="at least one positive"):
         head_of(make_cfg(overrides, "loss.gamma=0", "loss.alpha=0"))
+    with pytest.raises(
+        ConfigError, match=r"have 16 feature channels .*model.n_input_features=512; set it to 16"
+    ):
+        head_of(make_cfg(overrides, "model.n_input_features=512"))
     with pytest.raises(DataError, match="data.days_per_batch=5, but the training data has 3"):
         run(make_cfg(overrides, "data.days_per_batch=5"), tmp_path / "days")
     result = runner.invoke(

@@ -197,6 +197,10 @@ class TrialReader:
             handle = self._files[index] = h5py.File(self.table.files[index], "r")
         return handle[self.table.group[row]]
 
+    def channels(self, row: int) -> int:
+        """Feature channels of a trial, from the dataset's shape (no data read)."""
+        return int(self._group(row)[FEATURES].shape[1])
+
     def features(self, row: int) -> np.ndarray:
         """``[n_time_steps, C]`` float32; NaN or inf is a ``DataError`` naming file and trial."""
         g = self._group(row)

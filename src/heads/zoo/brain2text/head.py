@@ -18,7 +18,7 @@ from torch import nn
 
 from featstore import Store, open_entry
 
-from ...data.t15 import N_CLASSES, TrialTable, find_sessions, scan_split
+from ...data.t15 import N_CLASSES, TrialReader, TrialTable, find_sessions, scan_split
 from ...errors import ConfigError, DataError
 from ...head import Head, Progress
 from ...losses.alignment import COMMON_LENGTHS, aligned_loss, batch_aligned_loss
@@ -111,6 +111,12 @@ class Brain2Text(Head):
                     f"{table.where(bad)} in the {name} split has no labels (seq_class_ids / "
                     f"seq_len); only test files may lack them."
                 )
+        channels = self.train_set_channels()
+        if channels != m["n_input_features"]:
+            raise ConfigError(
+                f"the trials have {channels} feature channels ({self.train_table.where(0)}), but "
+                f"model.n_input_features={m['n_input_features']}; set it to {channels}."
+            )
         self.audio = None
         if self.alpha > 0:
             if not d["audio"]:
@@ -137,6 +143,14 @@ class Brain2Text(Head):
         tokenize = self.tokenize if self.beta > 0 else None
         self.train_set = Trials(self.train_table, self.audio, tokenize)
         self.val_set = Trials(self.val_table, self.audio, tokenize)
+
+    def train_set_channels(self) -> int:
+        """Feature channels of the first training trial (t15: 512)."""
+        reader = TrialReader(self.train_table)
+        try:
+            return reader.channels(0)
+        finally:
+            reader.close()
 
     def eval_dataset(self, split: str) -> Trials:
         """The trials ``heads eval`` decodes; test files have no labels (predictions only)."""
