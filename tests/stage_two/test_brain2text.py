@@ -269,3 +269,31 @@ def test_recipes_name_the_baseline_and_the_seed():
         10,
         "cosine",
     )
+
+
+def test_the_recipes_lr_schedule_is_the_baselines():
+    """Linear warmup over 1,000 steps, cosine 5e-3 -> 1e-4 at step 120,000 (rnn_trainer's
+    lr_lambda), for the day group too."""
+    import math
+
+    from heads import get_head, recipe
+    from heads.config import TrainConfig
+    from heads.train import build_scheduler
+
+    t = TrainConfig.from_dict(recipe(get_head("brain2text"))["train"])
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.AdamW([{"params": [params[0]]}, {"params": [params[1]]}], lr=t.lr)
+    sched = build_scheduler(opt, t, total_steps=t.steps, epochs=120)
+
+    def baseline(step, lo=1e-4 / 5e-3, warmup=1000, decay=120_000):
+        if step < warmup:
+            return step / warmup
+        if step < decay:
+            cos = 0.5 * (1 + math.cos(math.pi * (step - warmup) / (decay - warmup)))
+            return max(lo, lo + (1 - lo) * cos)
+        return lo
+
+    for step in (0, 1, 500, 999, 1000, 1001, 30_000, 60_500, 119_999, 120_000):
+        factor = sched.lr_lambdas[0](step)
+        assert factor == pytest.approx(baseline(step), rel=1e-9, abs=1e-12), step
+        assert sched.lr_lambdas[1](step) == factor
