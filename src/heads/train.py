@@ -78,6 +78,11 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, torch.
     return precision, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Mixed precision for forward passes (training, validation, evaluation); off for fp32."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def build_model(head: Head, seed: int) -> nn.Module:
     """Seed, then build: the initial weights are a function of the config."""
     seed_everything(seed)
@@ -370,7 +375,7 @@ def train(
         found: dict[str, float] = {}
         if ctx.is_main:
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, amp_dtype):
                 found = {k: float(v) for k, v in head.validate(model).items()}
             model.train()
         found = distributed.broadcast(found)
@@ -427,9 +432,7 @@ def train(
                 prog = Progress(epoch, state.step, epochs, steps_per_epoch, total_steps)
                 sync = nullcontext() if last_micro or not ctx.distributed else train_model.no_sync()
                 with sync:
-                    with torch.autocast(
-                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                    ):
+                    with autocast(device, amp_dtype):
                         loss, loss_parts = head.loss(train_model, batch, prog)
                     scaler.scale(loss / t.grad_accum).backward()
                 window.add(loss, loss_parts)
