@@ -97,9 +97,13 @@ def _quiet():
 
 
 def caption_scores(
-    references: dict[Any, list[str]], predictions: dict[Any, str], spice: bool = True
+    references: dict[Any, list[str]],
+    predictions: dict[Any, str],
+    meteor: bool = True,
+    spice: bool = True,
 ) -> CaptionScores:
-    """Corpus scores of ``predictions`` (one caption per image) against ``references``."""
+    """Corpus scores of ``predictions`` (one caption per image) against ``references``.
+    ``meteor``/``spice`` = False skips those (METEOR's Java start takes ~30 s)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -113,12 +117,12 @@ def caption_scores(
     res = _tokenize({i: [predictions[i]] for i in ids}, java)
     out = CaptionScores({}, {i: {} for i in ids}, tokenizer="ptb" if java else "python")
     scorers: list[tuple[Any, list[str]]] = [(Bleu(4), [f"BLEU-{n}" for n in range(1, 5)])]
-    if java:
+    if java and meteor:
         from pycocoevalcap.meteor.meteor import Meteor
 
         scorers.append((Meteor(), ["METEOR"]))
     else:
-        out.unavailable["METEOR"] = "needs Java (no `java` on PATH)"
+        out.unavailable["METEOR"] = "not asked for" if java else "needs Java (no `java` on PATH)"
     scorers += [(Rouge(), ["ROUGE-L"]), (Cider(), ["CIDEr"])]
     why_not = spice_ready() if spice else "not asked for"
     if why_not is None:

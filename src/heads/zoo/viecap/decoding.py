@@ -113,7 +113,10 @@ def beam_search(
     )
     logp = out.logits[:, -1].float().log_softmax(-1)  # [B, V]
     vocab = logp.shape[-1]
-    scores, tokens = logp.topk(w, dim=-1)  # [B, W] summed log-probs, first tokens
+    scores, tokens = logp.topk(min(w, vocab), dim=-1)  # [B, W] summed log-probs, first tokens
+    if w > vocab:  # wider than the vocabulary: the extra beams start dead (-inf, finished)
+        scores = F.pad(scores, (0, w - vocab), value=float("-inf"))
+        tokens = F.pad(tokens, (0, w - vocab), value=pad_id)
     cache_arg = (
         "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
     )
@@ -124,7 +127,7 @@ def beam_search(
     stops = torch.tensor(list(stop_ids), device=device)
     seqs = tokens.reshape(b * w, 1)
     steps = torch.ones(b, w, device=device)  # tokens counted in each beam's mean
-    stopped = torch.isin(tokens, stops)
+    stopped = torch.isin(tokens, stops) | scores.isinf()
     offsets = (torch.arange(b, device=device) * w).unsqueeze(1)
     embed = lm.get_input_embeddings()
     for _ in range(max_length - 1):

@@ -109,7 +109,8 @@ def evaluate_split(head: ViECap, model: nn.Module, run_dir: Path) -> Report:
     rows = match_images(entry, head.captions.files, image_ids)
     results = caption_vectors(head, model, entry.gather(rows))
     predictions = {i: r["caption"] for i, r in zip(image_ids, results, strict=True)}
-    scored = caption_scores({i: references[i] for i in image_ids}, predictions)
+    refs = {i: references[i] for i in image_ids}
+    scored = caption_scores(refs, predictions, meteor=e["meteor"], spice=e["spice"])
     tag = e["split"].replace("+", "_")
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
