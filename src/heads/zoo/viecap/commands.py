@@ -16,9 +16,9 @@ def caption(
     run: Path = typer.Argument(..., help="Run directory of a trained captioner."),
     images: Path = typer.Option(None, help="A folder of images (features computed and cached)."),
     entry: str = typer.Option(None, help="A vitb32-image `embeds` entry key instead."),
-    greedy: bool = typer.Option(False, help="Greedy decoding instead of beam search."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding instead of beam search."),
     threshold: float = typer.Option(None, help="Entity threshold (0.4 in-domain, 0.2 cross)."),
-    no_entities: bool = typer.Option(False, help="No hard prompt (soft prompt only)."),
+    no_entities: bool = typer.Option(False, "--no-entities", help="Soft prompt only, no entities."),
     image_weights: str = typer.Option(
         None,
         help="Image tower weights for --images: pretrained, random or a checkpoint "

@@ -9,8 +9,8 @@ towers their features carry nothing a text-trained captioner can read.
 
 Files: ``dataset_coco.json`` (images[cocoid, filepath, filename, split, sentences[sentid, raw]]),
 ``objects.txt`` (the object vocabulary), ``coco_categories.json`` (the detection vocabulary),
-``val2014/COCO_val2014_<id>.jpg``, and ``tokenizer.json`` (a byte-level BPE trained on the
-captions: the offline stand-in for GPT-2's tokenizer).
+``val2014/COCO_val2014_<id>.jpg`` (the test images only), and ``tokenizer.json`` (a byte-level
+BPE trained on the captions: the offline stand-in for GPT-2's tokenizer).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def entities_of(subject: str, obj: str) -> set[str]:
 
 
 def write_dataset(
-    workdir: Path, n_train: int = 240, n_val: int = 20, n_test: int = 40, seed: int = 0
+    workdir: Path, n_train: int = 400, n_val: int = 20, n_test: int = 40, seed: int = 0
 ) -> dict[str, Path]:
     """Write the captions, vocabularies, images and tokenizer; returns their paths."""
     rng = np.random.default_rng(seed)
@@ -73,7 +73,8 @@ def write_dataset(
                 "object": o,
             }
         )
-        _write_image(workdir / "val2014" / filename, subjects.index(s), OBJECTS.index(o))
+        if split == "test":  # only the evaluated images need files (and features)
+            _write_image(workdir / "val2014" / filename, subjects.index(s), OBJECTS.index(o))
     captions = workdir / "dataset_coco.json"
     captions.write_text(json.dumps({"images": images, "dataset": "coco"}))
     objects = workdir / "objects.txt"
