@@ -154,7 +154,14 @@ def step_time(entry_path: Path, rounds: int, steps: int, width: int) -> dict:
                 step(arms[name](rows))
             times[name].append((time.perf_counter() - t) / steps)
     ratios = [s / m for s, m in zip(times["store"], times["ram"], strict=True)]
+    fetch, sample = {}, [batches[i % len(batches)] for i in range(500)]
+    for name, get in arms.items():  # the feature fetch alone, 500 batches
+        t = time.perf_counter()
+        for rows in sample:
+            get(rows)
+        fetch[f"fetch_us_{name}"] = 1e6 * (time.perf_counter() - t) / len(sample)
     return {
+        **fetch,
         "step_ms_store": 1e3 * float(np.median(times["store"])),
         "step_ms_ram": 1e3 * float(np.median(times["ram"])),
         "ratio_store_over_ram": float(np.median(ratios)),
