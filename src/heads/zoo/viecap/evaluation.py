@@ -179,7 +179,7 @@ def caption_grid(items: list[dict[str, Any]], folder: Path | None, out_dir: Path
 
     cols = min(4, len(items))
     rows = -(-len(items) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.6 * rows), squeeze=False)
     for ax, item in zip(axes.flat, items, strict=False):
         path = _find_image(folder, item.get("file", "")) if folder else None
         if path is not None:
