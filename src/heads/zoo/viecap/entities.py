@@ -195,10 +195,13 @@ class EntityTable:
             nouns = (vocabulary_nouns(t, objects) for t in texts)
         table = cls(method, [filter_entities(n, objects, max_entities) for n in nouns])
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"method": method, "entities": table.entities}))
-            tmp.replace(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps({"method": method, "entities": table.entities}))
+                tmp.replace(path)
+            except OSError as e:  # a read-only store: use the table, recompute next time
+                log(f"entities: cannot cache them in {path.parent} ({e}); continuing")
         return table
 
 

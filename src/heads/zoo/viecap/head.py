@@ -29,7 +29,13 @@ from ...registry import register_head
 from ...report import Report
 from .batching import SequenceLayout, TokenTable, caption_length, hard_prompt
 from .entities import EntityTable, load_object_vocabulary, mask_entities
-from .model import MappingNetwork, ViECapModel, load_language_model, load_tokenizer
+from .model import (
+    MappingNetwork,
+    ViECapModel,
+    check_prompt_order,
+    load_language_model,
+    load_tokenizer,
+)
 
 
 def noise_injection(x: torch.Tensor, variance: float) -> torch.Tensor:
@@ -89,6 +95,7 @@ class ViECap(Head):
         super().__init__(cfg)
         d, m = cfg["data"], cfg["model"]
         self.store = Store(d["store"] or None)
+        check_prompt_order(m["prompt_order"])
         if not d["captions"]:
             raise ConfigError(
                 "data.captions is not set: give Karpathy's dataset_coco.json (the file the "
@@ -131,11 +138,6 @@ class ViECap(Head):
         )
         lengths = self.tokens.lengths()[: len(self.train_rows)]
         self.caption_length = d["caption_length"] or caption_length(lengths)
-        if m["prompt_order"] not in ("soft_first", "hard_first", "hard_only", "soft_only"):
-            raise ConfigError(
-                f"model.prompt_order = {m['prompt_order']!r}; use soft_first, hard_first, "
-                f"hard_only or soft_only."
-            )
         self.layout = SequenceLayout(
             soft_length=0 if m["prompt_order"] == "hard_only" else m["prefix_length"],
             caption_length=self.caption_length,

@@ -21,6 +21,11 @@ from ...errors import ConfigError
 PROMPT_ORDERS = ("soft_first", "hard_first", "hard_only", "soft_only")
 
 
+def check_prompt_order(order: str) -> None:
+    if order not in PROMPT_ORDERS:
+        raise ConfigError(f"model.prompt_order = {order!r}; use one of {', '.join(PROMPT_ORDERS)}.")
+
+
 class MlpTransformer(nn.Module):
     """Linear → ReLU → Linear (biases on both)."""
 
@@ -125,10 +130,7 @@ class ViECapModel(nn.Module):
         self, lm: nn.Module, mapping: MappingNetwork, prompt_order: str, frozen_lm: bool = False
     ) -> None:
         super().__init__()
-        if prompt_order not in PROMPT_ORDERS:
-            raise ConfigError(
-                f"model.prompt_order = {prompt_order!r}; use one of {', '.join(PROMPT_ORDERS)}."
-            )
+        check_prompt_order(prompt_order)
         self.gpt = lm
         self.mapping_network = mapping
         self.prompt_order = prompt_order
