@@ -195,8 +195,9 @@ def load_tokenizer(name_or_path: str) -> Any:
             tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise ConfigError(
-            f"cannot load the tokenizer {name_or_path!r}: {e}. Give a hub name (cached, or with "
-            f"network access), a local folder, or a tokenizer.json file as model.tokenizer."
+            f"cannot load the tokenizer {name_or_path!r}: {_one_line(e)} Give a hub name "
+            f"(cached, or with network access), a local folder, or a tokenizer.json file as "
+            f"model.tokenizer."
         ) from None
     if tok.eos_token is None:
         tok.eos_token = tok.convert_ids_to_tokens(0)
@@ -222,9 +223,9 @@ def load_language_model(
             return AutoModelForCausalLM.from_pretrained(name_or_path)
         except (OSError, ValueError) as e:
             raise ConfigError(
-                f"cannot load the language model {name_or_path!r}: {e}. Download it once with "
-                f"network access (HF cache; HF_HUB_OFFLINE=1 then works), give a local folder, "
-                f"or use model.lm_weights = 'random' for a test run."
+                f"cannot load the language model {name_or_path!r}: {_one_line(e)} Download it "
+                f"once with network access (HF cache; HF_HUB_OFFLINE=1 then works), give a local "
+                f"folder, or use model.lm_weights = 'random' for a test run."
             ) from None
     if weights != "random":
         raise ConfigError(f"model.lm_weights = {weights!r}; use 'pretrained' or 'random'.")
@@ -252,3 +253,8 @@ def load_language_model(
     if width and hasattr(config, "n_inner"):
         config.n_inner = None  # GPT-2: 4 x width
     return AutoModelForCausalLM.from_config(config)
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text if text.endswith(".") else text + "."
