@@ -170,6 +170,8 @@ def test_cli_train_eval_and_list(dataset, tmp_path):
             "train.epochs=2",
             "--set",
             "train.batch_size=8",
+            "--set",
+            "train.samples_per_epoch=48",
             "--run-dir",
             str(run),
             "-q",
