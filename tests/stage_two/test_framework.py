@@ -353,15 +353,23 @@ def test_registry_rules_and_head_commands(probe):
     with pytest.raises(HeadsError, match="unknown head 'nope'. Known heads: .*mindeye.*probe"):
         get_head("nope")
 
-    @register_command("probe-hello")
+    @register_command("hello", "probe")
     def hello(name: str) -> None:
         """Say hello (a head's own verb)."""
         print(f"hello {name}")
 
+    @register_command("hello", "mindeye")  # another head, the same verb
+    def hello_mindeye() -> None:
+        print("hello from mindeye")
+
+    with pytest.raises(ValueError, match="`heads hello probe` is already registered"):
+        register_command("hello", "probe")(lambda: None)
     mount_head_commands()
     mount_head_commands()  # idempotent
-    result = runner.invoke(app, ["probe-hello", "you"])
+    result = runner.invoke(app, ["hello", "probe", "you"])
     assert result.exit_code == 0 and "hello you" in result.output
+    assert "hello from mindeye" in runner.invoke(app, ["hello", "mindeye"]).output
+    assert "probe" in runner.invoke(app, ["hello", "--help"]).output
 
 
 def test_torch_compile_switch_trains_the_same(probe, tmp_path):

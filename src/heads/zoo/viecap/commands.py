@@ -10,9 +10,8 @@ import typer
 from ...registry import register_command
 
 
-@register_command("caption")
+@register_command("caption", "viecap")
 def caption(
-    head: str = typer.Argument(..., help="Head name (viecap)."),
     run: Path = typer.Argument(..., help="Run directory of a trained captioner."),
     images: Path = typer.Option(None, help="A folder of images (features computed and cached)."),
     entry: str = typer.Option(None, help="A vitb32-image `embeds` entry key instead."),
@@ -32,7 +31,6 @@ def caption(
     from heads.errors import ConfigError
 
     from .evaluation import caption_source
-    from .head import ViECap
 
     if (images is None) == (entry is None):
         raise ConfigError("give exactly one of --images DIR or --entry KEY.")
@@ -41,9 +39,7 @@ def caption(
         overrides.append(f"eval.threshold={threshold}")
     if no_entities:
         overrides.append("eval.use_entities=false")
-    head_obj, model, _ = runs.load_trained(head, run, overrides, weights)
-    if not isinstance(head_obj, ViECap):
-        raise ConfigError(f"head {head!r} does not caption images; use `heads caption viecap`.")
+    head_obj, model, _ = runs.load_trained("viecap", run, overrides, weights)
     results, name = caption_source(head_obj, model, images, entry, image_weights, log=typer.echo)
     path = out or Path(run) / "captions" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
