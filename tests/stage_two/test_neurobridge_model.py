@@ -154,8 +154,8 @@ def test_adapter_loss_parts():
     preservation loss, no diversity, no norm penalty."""
     clip = torch.eye(4)[:2] * 3
     tokens = torch.stack([torch.eye(4), torch.eye(4)[[1, 0, 2, 3]]])  # mean ∝ e0+e1+e2+e3
-    L = {"adapter_preservation": 1.0, "adapter_diversity": 0.1, "adapter_contrastive": 0.5,
-         "adapter_temp": 0.1, "adapter_norm": 0.01}  # fmt: skip
+    L = dict(adapter_preservation=1.0, adapter_diversity=0.1, adapter_contrastive=0.5)
+    L.update(adapter_temp=0.1, adapter_norm=0.01)
     loss, parts = adapter_loss(tokens, clip, L)
     assert parts["cos_sim"].item() == pytest.approx(0.5)  # (e0+..+e3)/2 · e0
     assert parts["diversity"].item() == pytest.approx(0.0)

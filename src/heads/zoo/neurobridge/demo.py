@@ -29,10 +29,9 @@ N_TRAIN, N_TEST = 400, 50
 # a small Perceiver and a short schedule, so the four runs take a few CPU minutes
 DEMO_SETTINGS = {
     "model": {"dim": 64, "depth": 2, "dim_head": 32, "projector_hidden": 128},
-    "train": {"epochs": 25, "batch_size": 40, "lr": 2e-3, "patience": 10, "log_every": 10,
-              "min_lr": 2e-5},
+    "train": {"epochs": 25, "batch_size": 40, "lr": 2e-3, "min_lr": 2e-5, "patience": 10},
     "eval": {"batch_size": 40},
-}  # fmt: skip
+}
 
 
 def prepare(
@@ -56,13 +55,12 @@ def prepare(
         source = open_source(
             things, split=split, images_root=str(workdir / "THINGS" / "object_images")
         )
-        result = extract(teacher, source, store, outputs=["embeds"], batch_size=50,
-                         progress=progress, log=log)  # fmt: skip
+        result = extract(
+            teacher, source, store, outputs=["embeds"], batch_size=50, progress=progress, log=log
+        )
         keys[split] = result.entries[0].key
-    embeddings = np.concatenate(
-        [open_entry(keys[s], store).gather(np.arange(n)) for s, n in (("train", n_train),
-                                                                       ("test", n_test))]
-    )  # fmt: skip
+    entries = [open_entry(keys[split], store) for split in ("train", "test")]
+    embeddings = np.concatenate([e.gather(np.arange(len(e))) for e in entries])
     normmua = write_normmua(monkey / "THINGS_normMUA.mat", planted_mua(embeddings, n_train))
     return {
         "data": {
@@ -100,8 +98,8 @@ def run_demo(workdir: Path, progress: bool = True, log: Callable[[str], None] = 
     config = write_toml(merged(DEMO_SETTINGS, data), workdir / "demo.toml")
     log("\nstage two: heads ablate neurobridge -c demo.toml (synthetic TVSD-like data)")
     out = workdir / "runs" / "ablation"
-    rows = run_ablation(["all", "IT", "V4", "V1"], out, config_files=[config],
-                        progress=progress, log=log)  # fmt: skip
+    regions = ["all", "IT", "V4", "V1"]
+    rows = run_ablation(regions, out, config_files=[config], progress=progress, log=log)
     lines = [
         f"SYNTHETIC data: {N_TRAIN} training and {N_TEST} test images; MUA planted from the "
         f"tiny teacher's embeddings, strongest in IT, then V4, then V1.",

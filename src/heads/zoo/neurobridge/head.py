@@ -160,6 +160,12 @@ class NeuroBridge(Head):
                     f"data.train_targets rows {self.targets.row_shape} and data.test_targets "
                     f"rows {self.test_targets.row_shape} differ; extract both with one teacher."
                 )
+        if self.kind == "adapter" and m["adapter_hidden"] != self.targets.row_shape[0]:
+            raise ConfigError(
+                f"model.adapter_hidden={m['adapter_hidden']} must equal the target width "
+                f"{self.targets.row_shape[0]}: the seed's objective compares the mean output "
+                f"token with the input CLIP embedding (both 768 for CLIP-L and SD-1.5)."
+            )
         ids = self.train_ids or [str(i) for i in self.targets.ids.tolist()]
         self.split = seeded_split(ids, d["val_fraction"], d["val_split"], d["split_seed"])
         if len(self.split.val) < 2 or len(self.split.train) < 2:
@@ -312,8 +318,8 @@ class NeuroBridge(Head):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], progress: Progress):
         L = self.cfg["loss"]
         if self.kind == "adapter":
-            return adapter_loss(model(F.normalize(batch["targets"].float(), dim=-1)),
-                                batch["targets"].float(), L)  # fmt: skip
+            clip = F.normalize(batch["targets"].float(), dim=-1)
+            return adapter_loss(model(clip), clip, L)
         values = batch["mua"].float()
         if self.kind == "pretrain":
             masked = electrode_mask(
