@@ -7,8 +7,8 @@ writes them (a 512-byte MAT header, column-major arrays that h5py reads transpos
 
 The MUA is planted: each area reads a fixed random projection of the images' standardized
 teacher embeddings (stage one's output), through a different number of embedding dimensions
-and with different noise — IT sees all dimensions with little noise, V4 half of them with
-more, V1 a sixth with the most — so retrieval from IT beats V4 beats V1, as in the seed.
+and with different noise — IT sees all dimensions with little noise, V4 a third of them with
+more, V1 an eighth with the most — so retrieval from IT beats V4 beats V1, as in the seed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ MAT_HEADER = (
     b"HDF5 schema 1.00 ."
 )
 # area -> (share of embedding dimensions it encodes, noise std relative to its signal)
-PLANTED = {"IT": (1.0, 0.7), "V4": (0.5, 1.4), "V1": (0.17, 2.5)}
+PLANTED = {"IT": (1.0, 0.6), "V4": (0.33, 1.5), "V1": (0.12, 2.5)}
 REPEATS = 30
 
 
