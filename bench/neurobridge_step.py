@@ -9,18 +9,19 @@ What is measured
          store: ``entry.gather(rows)`` over a clip-l-image-shaped entry ``[22248, 768]`` fp16
                 (written with ``EntryWriter``, memory-mapped as the head reads it);
          RAM:   ``ram[rows]`` (a numpy array of the same rows).
-       Rounds alternate the arms (A,B / B,A); reported: median step per arm and the median of
-       per-round store/RAM ratios. Two models: ``small`` (dim 32, depth 1: a short step, where
-       the read path weighs most) and ``seed`` (the seed's 3.3M model).
+       One untimed warm-up round (it also verifies each chunk's checksum on first touch, a
+       one-time cost), then rounds alternating the arms (A,B / B,A); reported: median step
+       per arm and the median of per-round store/RAM ratios. Two models: ``small`` (dim 32,
+       depth 1: a short step, where the read path weighs most) and ``seed`` (3.3M params).
     2. The seed's way vs cached, per epoch, on the demo's synthetic THINGS-like images. Seed's
        way: each batch decodes its JPEGs, runs the teacher's preprocessing and forward
        (``clip-l-image-tiny``, random weights) and then the same training step. Cached: stage one
        (``featstore.extract``) once (timed, a one-time cost), steps read the entry. Epochs
        alternate; reported: median epoch seconds and the ratio.
-       Then an ESTIMATE, not a measurement: the same ratio with the real ViT-L/14 (vision tower
-       parameters counted from open_clip's config on the meta device; forward ≈ 2 × params ×
-       257 tokens per image) against the FLOPs of a seed-size NeuroBridge step (forward +
-       backward, ``torch.utils.flop_counter`` on the meta device), at equal FLOP/s.
+       Then an ESTIMATE, not a measurement: the same ratio with the real ViT-L/14 (its vision
+       tower's forward FLOPs per 224 px image counted on the meta device) against the FLOPs of
+       a seed-size NeuroBridge step (forward + backward, ``torch.utils.flop_counter`` on the
+       meta device), at equal FLOP/s.
 
 How to run
     python bench/neurobridge_step.py                 # both sections
@@ -54,9 +55,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import env_info, finish, warm_page_cache  # noqa: E402
 
 N_TRAIN, CLIP_DIM, N_CHANNELS = 22248, 768, 1024
-MODELS = {
-    "small": {"dim": 32, "depth": 1, "dim_head": 16, "projector_hidden": 64},
-    "seed": {},
+MODELS = {  # (encoder config, projector hidden width)
+    "small": ({"dim": 32, "depth": 1, "dim_head": 16}, 64),
+    "seed": ({}, 512),
 }
 
 
@@ -70,6 +71,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed-batch", type=int, default=32, help="batch of the seed-size model")
     p.add_argument("--images", type=int, default=256, help="section 2: images per epoch")
     p.add_argument("--epochs", type=int, default=4, help="section 2: epochs per way")
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--clean", action="store_true")
     return p.parse_args()
 
@@ -111,7 +113,8 @@ def write_entry(path: Path, rows: np.ndarray) -> Entry:
 
 def make_model(size: str, output_dim: int) -> AlignmentModel:
     torch.manual_seed(0)
-    return AlignmentModel(EncoderConfig(**MODELS[size]), output_dim=output_dim)
+    encoder, hidden = MODELS[size]
+    return AlignmentModel(EncoderConfig(**encoder), output_dim=output_dim, projector_hidden=hidden)
 
 
 def timed_steps(head, model, opt, dataset, batches) -> tuple[float, float]:
@@ -148,6 +151,9 @@ def section_store_vs_ram(args: argparse.Namespace, data_dir: Path) -> dict[str, 
         per_arm: dict[str, list[float]] = {"store": [], "ram": []}
         fetch: dict[str, list[float]] = {"store": [], "ram": []}
         ratios = []
+        warm = [rng.permutation(N_TRAIN)[:batch].tolist() for _ in range(2)]
+        for arm in arms:  # first touches: chunk checksums, allocator, kernels
+            timed_steps(head, model, opt, arms[arm], warm)
         for r in range(args.rounds):
             plan = [rng.permutation(N_TRAIN)[:batch].tolist() for _ in range(args.steps)]
             order = ["store", "ram"] if r % 2 == 0 else ["ram", "store"]
@@ -170,12 +176,19 @@ def section_store_vs_ram(args: argparse.Namespace, data_dir: Path) -> dict[str, 
 
 
 def vit_l14_flops_per_image() -> tuple[int, float]:
+    """(vision-tower params, counted forward FLOPs per 224 px image) of clip-l-image."""
     import open_clip
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from featstore.teachers import get_spec
+    from featstore.teachers.openclip_vision import model_config
 
     with torch.device("meta"):
-        model = open_clip.create_model("ViT-L-14-quickgelu", pretrained=None)
-    params = sum(p.numel() for p in model.visual.parameters())
-    return params, 2.0 * params * 257
+        visual = open_clip.model.CLIP(**model_config(get_spec("clip-l-image"))).visual
+        x = torch.randn(1, 3, 224, 224)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        visual(x)
+    return sum(p.numel() for p in visual.parameters()), float(counter.get_total_flops())
 
 
 def neurobridge_step_flops(batch: int) -> float:
@@ -239,6 +252,7 @@ def section_seed_way(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]
         return time.perf_counter() - t
 
     times: dict[str, list[float]] = {"seed": [], "cached": []}
+    epoch(True), epoch(False)  # warm-up: decoder caches, allocator, kernels
     for e in range(args.epochs):
         for way in ["seed", "cached"] if e % 2 == 0 else ["cached", "seed"]:
             times[way].append(epoch(way == "seed"))
@@ -263,10 +277,12 @@ def section_seed_way(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data_dir = args.workdir / "neurobridge_step_data"
     data_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
-        "env": env_info(torch=torch.__version__),
+        "env": env_info(torch=torch.__version__, threads=str(torch.get_num_threads())),
         "load_before": os.getloadavg(),
     }
     only = {s.strip() for s in args.only.split(",")}

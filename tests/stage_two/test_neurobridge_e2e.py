@@ -32,7 +32,7 @@ TINY = {
     "model": {"dim": 16, "depth": 1, "dim_head": 8, "self_heads": 2, "num_latents": 4,
               "readout_queries": 2, "projector_hidden": 16, "adapter_hidden": 24,
               "adapter_tokens": 4, "adapter_heads": 2, "adapter_depth": 1},
-    "train": {"epochs": 2, "batch_size": 16, "log_every": 1, "lr": 1e-3},
+    "train": {"epochs": 2, "batch_size": 24, "log_every": 1, "lr": 1e-3},
     "eval": {"batch_size": 16},
 }  # fmt: skip
 
@@ -119,9 +119,9 @@ def test_area_order_per_monkey(data):
     with pytest.raises(ConfigError, match="unknown area 'MT'"):
         select_electrodes(mua, "F", "MT")
     # quality: the planted SNR is highest in IT (lowest noise), lowest in V1
-    good = select_electrodes(mua, "F", "all", snr_threshold=1.0)
+    good = select_electrodes(mua, "F", "all", snr_threshold=1.3)
     assert set(good.counts()) == {"IT"}
-    reliable = select_electrodes(mua, "F", "all", reliab_threshold=0.3)
+    reliable = select_electrodes(mua, "F", "all", reliab_threshold=0.4)
     assert set(reliable.counts()) == {"IT", "V4"}
 
 
@@ -180,7 +180,7 @@ def test_early_stopping(data, tmp_path):
     cfg = make_cfg(data, train={"epochs": 8, "lr": 1e-12, "min_lr": 0.0, "patience": 2})
     _, summary = quiet_train(cfg, tmp_path / "stop")
     evals = [r for r in read_metrics(tmp_path / "stop") if r.get("eval")]
-    assert len(evals) == 3 and summary["step"] < 8 * (54 // 16)
+    assert len(evals) == 3 and summary["step"] < 8 * (54 // 24)
 
 
 def test_pretrain_then_align_with_init_from(data, tmp_path):
