@@ -121,8 +121,11 @@ def test_area_order_per_monkey(data):
     # quality: the planted SNR is highest in IT (lowest noise), lowest in V1
     good = select_electrodes(mua, "F", "all", snr_threshold=1.3)
     assert set(good.counts()) == {"IT"}
-    reliable = select_electrodes(mua, "F", "all", reliab_threshold=0.4)
-    assert set(reliable.counts()) == {"IT", "V4"}
+    reliable = select_electrodes(mua, "F", "all", reliab_threshold=0.5)
+    assert set(reliable.counts()) == {"IT"}
+    assert len(select_electrodes(mua, "F", "all", reliab_threshold=0.2).channels) == 1024
+    with pytest.raises(DataError, match="no electrode of monkey F passes"):
+        select_electrodes(mua, "F", "V1", snr_threshold=1.3)
 
 
 def test_region_run_records_its_electrodes(data, tmp_path):

@@ -29,7 +29,7 @@ N_TRAIN, N_TEST = 400, 50
 # a small Perceiver and a short schedule, so the four runs take a few CPU minutes
 DEMO_SETTINGS = {
     "model": {"dim": 32, "depth": 2, "dim_head": 16, "projector_hidden": 128},
-    "train": {"epochs": 15, "batch_size": 40, "lr": 2e-3, "min_lr": 2e-5, "patience": 8},
+    "train": {"epochs": 20, "batch_size": 40, "lr": 2e-3, "min_lr": 2e-5, "patience": 8},
     "eval": {"batch_size": 40},
 }
 
