@@ -384,3 +384,13 @@ def test_planted_signal_orders_the_areas():
 
     scores = {a: fit(a) for a in ("IT", "V4", "V1")}
     assert scores["IT"] > scores["V4"] > scores["V1"] > 0
+
+
+def test_test_mua_from_repeats(data):
+    """eval.average_reps: the test MUA is the mean of test_MUA_reps (which test_MUA holds)."""
+    from heads.zoo.neurobridge.evaluation import test_mua
+
+    head = get_head("neurobridge")(make_cfg(data, eval={"average_reps": True}))
+    plain = get_head("neurobridge")(make_cfg(data))
+    assert head.mua.n_reps == 30
+    assert np.allclose(test_mua(head), test_mua(plain), atol=1e-5)
