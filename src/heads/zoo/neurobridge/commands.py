@@ -8,18 +8,11 @@ from pathlib import Path
 
 import typer
 
-from ...errors import ConfigError
 from ...registry import register_command
 
 
-def _check_head(head: str) -> None:
-    if head != "neurobridge":
-        raise ConfigError(f"this command belongs to the neurobridge head, not {head!r}.")
-
-
-@register_command("ablate")
+@register_command("ablate", "neurobridge")
 def ablate(
-    head: str = typer.Argument(..., help="neurobridge"),
     regions: list[str] = typer.Option(
         None,
         "--region",
@@ -37,7 +30,6 @@ def ablate(
     """Train and evaluate one alignment run per region; print the seed's region table."""
     from .ablation import format_table, run_ablation
 
-    _check_head(head)
     out = out_dir or Path("runs") / f"neurobridge-ablation-{time.strftime('%Y%m%d-%H%M%S')}"
     names = list(regions or ["all", "IT", "V4", "V1"])
     rows = run_ablation(
@@ -49,9 +41,8 @@ def ablate(
     typer.echo(f"wrote {out / 'ablation.json'}, {out / 'ablation.md'}, {out / 'ablation.png'}")
 
 
-@register_command("condition")
+@register_command("condition", "neurobridge")
 def condition(
-    head: str = typer.Argument(..., help="neurobridge"),
     align_run: Path = typer.Argument(..., help="A trained alignment run."),
     adapter_run: Path = typer.Argument(..., help="A trained adapter run (-r adapter)."),
     out: Path = typer.Option(Path("conditioning.safetensors"), help="Output file."),
@@ -59,7 +50,6 @@ def condition(
     """Export SD-1.5 prompt conditioning [test images, 77, 768] for the test MUA."""
     from .ablation import export_conditioning
 
-    _check_head(head)
     result = export_conditioning(align_run, adapter_run, out)
     typer.echo(f"conditioning {result['conditioning']}")
     typer.echo("wrote " + ", ".join(str(f) for f in result["files"]))
