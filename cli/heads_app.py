@@ -123,13 +123,23 @@ def _main_echo(message: str) -> None:
 
 
 def mount_head_commands() -> None:
-    """Add the verbs that heads register for themselves (e.g. `heads caption viecap RUN`)."""
+    """Add the commands heads register for themselves as ``heads VERB HEAD ...``: one group per
+    verb (``caption``, ``chat``, ...), one command per head in it."""
     from heads.registry import head_commands
 
-    mounted = {c.name for c in app.registered_commands}
-    for name, fn in head_commands().items():
-        if name not in mounted:
-            app.command(name)(handle_errors(fn))
+    groups = {g.name: g.typer_instance for g in app.registered_groups}
+    for (verb, head), fn in sorted(head_commands().items()):
+        if verb not in groups:
+            groups[verb] = typer.Typer(
+                help=f"Head commands: `heads {verb} HEAD ...` (see `heads {verb} --help`).",
+                no_args_is_help=True,
+                add_completion=False,
+                pretty_exceptions_enable=False,
+                rich_markup_mode=None,
+            )
+            app.add_typer(groups[verb], name=verb)
+        if head not in {c.name for c in groups[verb].registered_commands}:
+            groups[verb].command(head)(handle_errors(fn))
 
 
 def main() -> None:

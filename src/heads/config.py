@@ -37,6 +37,7 @@ class TrainConfig:
     # batches: the global batch of one optimizer step, over all ranks and accumulation steps
     batch_size: int = 32
     grad_accum: int = 1
+    samples_per_epoch: int = 0  # > 0: an epoch draws this many samples (reshuffled, wrapped)
     # AdamW (per-group multipliers come from the head's param groups)
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -97,6 +98,10 @@ class TrainConfig:
         )
         need(self.epochs >= 0 and self.steps >= 0, "epochs and train.steps cannot be negative.")
         need(self.batch_size >= 1, f"batch_size={self.batch_size}: use 1 or more.")
+        need(
+            self.samples_per_epoch >= 0,
+            f"samples_per_epoch={self.samples_per_epoch}: 0 means the head's default.",
+        )
         need(self.grad_accum >= 1, f"grad_accum={self.grad_accum}: use 1 or more.")
         need(
             self.batch_size % self.grad_accum == 0,

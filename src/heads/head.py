@@ -85,12 +85,12 @@ class Head:
     ) -> list[list[int]]:
         """The epoch's global batches as indices into the ``n_samples`` of the dataset; a pure
         function of ``rng`` (seeded from (seed, epoch)), with the same number of batches every
-        epoch. Default: a random permutation cut into full batches."""
-        n = n_samples
-        order = rng.permutation(n)
-        return [
-            order[i : i + batch_size].tolist() for i in range(0, n - batch_size + 1, batch_size)
-        ]
+        epoch. Default: a random permutation cut into full batches (the last partial one
+        dropped); with ``train.samples_per_epoch`` that many samples, reshuffled and wrapped."""
+        wanted = self.cfg["train"].get("samples_per_epoch", 0) or n_samples
+        order = shuffled_stream(rng, n_samples, wanted)
+        steps = wanted // batch_size
+        return [order[i * batch_size : (i + 1) * batch_size].tolist() for i in range(steps)]
 
     def split_batch(self, batch: list[int], parts: int) -> list[list[int]]:
         """A global batch → ``parts`` equal micro-batches (ranks × accumulation steps)."""
@@ -124,6 +124,13 @@ class Head:
     def demo(cls, workdir: Path, progress: bool = True, log: Any = print) -> Report:
         """``heads demo NAME``: both stages on labelled-synthetic data in the original layouts."""
         raise NotImplementedError(f"head {cls.name!r} has no demo")
+
+
+def shuffled_stream(rng: np.random.Generator, n: int, length: int) -> np.ndarray:
+    """``length`` indices of ``range(n)``: fresh permutations, one after another, cut to length
+    (a resampled stream, as webdataset's ``resampled=True`` gives, within one epoch)."""
+    perms = [rng.permutation(n) for _ in range(-(-length // n))] if n else []
+    return np.concatenate(perms)[:length] if perms else np.zeros(0, dtype=np.int64)
 
 
 def decay_groups(

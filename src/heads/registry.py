@@ -27,7 +27,7 @@ from .head import Head
 H = TypeVar("H", bound=type[Head])
 
 _HEADS: dict[str, type[Head]] = {}
-_COMMANDS: dict[str, Callable[..., Any]] = {}
+_COMMANDS: dict[tuple[str, str], Callable[..., Any]] = {}
 _loaded = False
 
 
@@ -60,14 +60,15 @@ def _recipes_dir(cls: type) -> Path:
     return here / "recipes"
 
 
-def register_command(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a head's own CLI verb (``heads caption viecap RUN``): a typer-style function
-    that parses its options, calls the head's library code and prints. Verbs are unique."""
+def register_command(verb: str, head: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a head's own CLI command, ``heads VERB HEAD ...`` (``heads caption viecap RUN``):
+    a typer-style function that parses its options, calls the head's library code and prints.
+    Several heads may share a verb; each (verb, head) pair is registered once."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _COMMANDS and _COMMANDS[name] is not fn:
-            raise ValueError(f"a heads command named {name!r} is already registered")
-        _COMMANDS[name] = fn
+        if _COMMANDS.get((verb, head), fn) is not fn:
+            raise ValueError(f"`heads {verb} {head}` is already registered")
+        _COMMANDS[(verb, head)] = fn
         return fn
 
     return wrap
@@ -105,7 +106,7 @@ def list_heads() -> list[type[Head]]:
     return [_HEADS[k] for k in sorted(_HEADS)]
 
 
-def head_commands() -> dict[str, Callable[..., Any]]:
+def head_commands() -> dict[tuple[str, str], Callable[..., Any]]:
     load_heads()
     return dict(_COMMANDS)
 

@@ -24,7 +24,14 @@ from .errors import ConfigError, RunDirError
 from .head import Head
 from .registry import get_head, recipe
 from .report import Report
-from .train import build_model, optimizer_groups, resolve_device, train
+from .train import (
+    autocast,
+    build_model,
+    optimizer_groups,
+    resolve_device,
+    resolve_precision,
+    train,
+)
 
 RUN_INFO = "run.json"
 CONFIG = "config.json"
@@ -202,7 +209,9 @@ def evaluate_run(
 ) -> tuple[Report, Path]:
     """``heads eval``: the head's final evaluation of a trained run (no gradients)."""
     head, model, path = load_trained(head_name, run_dir, overrides, weights)
-    with torch.no_grad():
+    device = next(model.parameters(), torch.empty(0)).device
+    _, dtype = resolve_precision(head.cfg["train"]["precision"], device)
+    with torch.no_grad(), autocast(device, dtype):
         return head.evaluate(model, Path(run_dir)), path
 
 

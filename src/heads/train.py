@@ -78,6 +78,11 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, torch.
     return precision, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Mixed precision for forward passes (training, validation, evaluation); off for fp32."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def build_model(head: Head, seed: int) -> nn.Module:
     """Seed, then build: the initial weights are a function of the config."""
     seed_everything(seed)
@@ -370,7 +375,7 @@ def train(
         found: dict[str, float] = {}
         if ctx.is_main:
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, amp_dtype):
                 found = {k: float(v) for k, v in head.validate(model).items()}
             model.train()
         found = distributed.broadcast(found)
@@ -400,6 +405,7 @@ def train(
         return found
 
     flushed = device.type == "cpu" and torch.set_flush_denormal(True)
+    clock = time.perf_counter()  # step records carry the seconds since training started here
     window = _Window()
     epoch_sum = torch.zeros((), device=device)
     try:
@@ -417,15 +423,16 @@ def train(
             started = time.perf_counter()
             model.train()
             micro = 0
+            data_wait = 0.0  # host time spent waiting for the next batch (the GPU may idle)
+            waiting_since = time.perf_counter()
             for batch in loader:
+                data_wait += time.perf_counter() - waiting_since
                 batch = to_device(batch, device)
                 last_micro = (micro + 1) % t.grad_accum == 0
                 prog = Progress(epoch, state.step, epochs, steps_per_epoch, total_steps)
                 sync = nullcontext() if last_micro or not ctx.distributed else train_model.no_sync()
                 with sync:
-                    with torch.autocast(
-                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                    ):
+                    with autocast(device, amp_dtype):
                         loss, loss_parts = head.loss(train_model, batch, prog)
                     scaler.scale(loss / t.grad_accum).backward()
                 window.add(loss, loss_parts)
@@ -433,6 +440,7 @@ def train(
                 state.epoch_count += 1
                 micro += 1
                 if not last_micro:
+                    waiting_since = time.perf_counter()
                     continue
                 for until, params in held:
                     if epoch < until:
@@ -448,6 +456,7 @@ def train(
                 state.step += 1
                 if state.step % t.log_every == 0 or state.step == total_steps:
                     record = _step_record(window, state.step, epoch, opt, device)
+                    record["seconds"] = round(time.perf_counter() - clock, 4)
                     window = _Window()
                     metrics.write(record)
                     bar.update(1, loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
@@ -460,6 +469,7 @@ def train(
                     save_checkpoint()
                 if state.step >= total_steps or state.stopped:
                     break
+                waiting_since = time.perf_counter()
             bar.close()
             _sync_epoch_loss(state, epoch_sum)
             epoch_done = state.step % steps_per_epoch == 0 or state.step >= total_steps
@@ -472,6 +482,7 @@ def train(
                 "step": state.step,
                 "train_loss": train_loss,
                 "epoch_seconds": time.perf_counter() - started,
+                "data_wait": data_wait / max(time.perf_counter() - started, 1e-9),
             }
             metrics.write(record, "epoch")
             evaluated = {}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from featstore import Store
+from featstore import Store, open_entry
 from featstore_cli.heads_app import app
 from heads import config as config_mod
 from heads import get_head, recipe
@@ -33,7 +33,13 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("nsd")
     overrides = prepare(root, log=lambda *_: None, n_images=64, n_test=16, n_voxels=120)
     overrides["model"] = {"hidden": 64, "n_blocks": 1}
-    overrides["train"] = {"epochs": 6, "batch_size": 8, "lr": 1e-3, "log_every": 2}
+    overrides["train"] = {
+        "epochs": 6,
+        "batch_size": 8,
+        "samples_per_epoch": 48,
+        "lr": 1e-3,
+        "log_every": 2,
+    }
     return root, overrides
 
 
@@ -164,6 +170,8 @@ def test_cli_train_eval_and_list(dataset, tmp_path):
             "train.epochs=2",
             "--set",
             "train.batch_size=8",
+            "--set",
+            "train.samples_per_epoch=48",
             "--run-dir",
             str(run),
             "-q",
@@ -375,3 +383,39 @@ def test_duplicate_trials_across_tars_count_once(dataset, tmp_path):
     from heads.data.nsd import read_trials
 
     assert len(read_trials(wds)) == len(read_trials(overrides["data"]["trials"][0]))
+
+
+def test_epoch_length_follows_the_original_rule(dataset, tmp_path):
+    """MindEye2: 750 x num_sessions samples per epoch (one subject), 750 x 40 (several); each
+    subject's trials reshuffled and wrapped, every trial seen equally often."""
+    _, overrides = dataset
+    head = build_head(make_cfg(overrides, train={"samples_per_epoch": 0}))
+    assert head.samples_per_epoch() == 750 * 3
+    plan = head.batch_plan(0, np.random.default_rng(0), 8, len(head.train_dataset()))
+    assert len(plan) == 2250 // 8 and all(len(b) == 8 for b in plan)
+    counts = np.bincount(np.concatenate(plan), minlength=48)
+    assert set(counts.tolist()) == {46, 47}  # 2248 draws of 48 trials: whole passes, then part
+    tokens = open_entry(overrides["data"]["image_targets"], Store(overrides["data"]["store"]))
+    betas2, trials2 = write_subject(tmp_path, tokens.gather(np.arange(64)), 16, n_voxels=90,
+                                    seed=5, subject=2)  # fmt: skip
+    data = {"trials": [*overrides["data"]["trials"], str(trials2)],
+            "betas": [*overrides["data"]["betas"], str(betas2)]}  # fmt: skip
+    multi = build_head(make_cfg(overrides, data=data, train={"samples_per_epoch": 0,
+                                                             "batch_size": 42}))  # fmt: skip
+    assert multi.samples_per_epoch() == 750 * 40
+    plan = multi.batch_plan(0, np.random.default_rng(0), 42, len(multi.train_dataset()))
+    assert len(plan) == 714  # the original: 30000 // 42 (the old rule gave 48 // 21 = 2)
+
+
+def test_finetune_from_pretraining_beats_scratch_at_one_session(tmp_path):
+    """Issue: pretrain on several synthetic subjects sharing a latent, then a new subject on one
+    session: from the pretrained run (the finetune recipe's --init-from) beats from scratch."""
+    from heads.zoo.mindeye.transfer import compare
+
+    r = compare(tmp_path, log=lambda *_: None)
+    scratch, finetune = r["scratch"], r["finetune"]
+    assert r["pretrain"]["subj1"]["image_retrieval"] > 0.3  # the backbone learned something
+    gain = sum(finetune.values()) / 2 - sum(scratch.values()) / 2
+    assert gain > 0.05, (scratch, finetune)
+    cfg = json.loads((tmp_path / "finetune" / "config.json").read_text())
+    assert cfg["train"]["init_skip"] == ["ridge.linears.0.weight", "ridge.linears.[1-9]*"]

@@ -7,6 +7,7 @@ correct candidate is ``i``. "Both directions" means ``sim`` and ``sim.T``.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -33,11 +34,14 @@ def topk_both(sim: Tensor, ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
     return out
 
 
-def summary(values: Iterable[float], way: int) -> dict[str, float]:
-    """Mean over draws with the 95% CI half-width ``1.96 · std(ddof=1) / √draws``, N-way and
-    chance (``1 / way``)."""
+Z95 = NormalDist().inv_cdf(0.975)  # 1.959964...
+
+
+def summary(values: Iterable[float], way: int, ddof: int = 1) -> dict[str, float]:
+    """Mean over draws with the 95% CI half-width ``z · std(ddof) / √draws`` (z = the normal
+    0.975 quantile, as ``scipy.stats.norm.interval(0.95, mean, sem)``), N-way and chance."""
     arr = np.asarray(list(values), dtype=np.float64)
-    ci = 1.96 * arr.std(ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else 0.0
+    ci = Z95 * arr.std(ddof=ddof) / np.sqrt(len(arr)) if len(arr) > 1 else 0.0
     return {"mean": float(arr.mean()), "ci95": float(ci), "way": int(way), "chance": 1 / way}
 
 

@@ -76,7 +76,15 @@ def prepare(
             "images": str(images),
         },
         "model": {"hidden": 256, "n_blocks": 2},
-        "train": {"epochs": 12, "batch_size": 16, "lr": 1e-3, "log_every": 5},
+        # 192 samples per epoch: one pass over the 200 training trials (MindEye2's rule,
+        # 750 per session, would make each demo epoch 11x longer)
+        "train": {
+            "epochs": 12,
+            "batch_size": 16,
+            "samples_per_epoch": 192,
+            "lr": 1e-3,
+            "log_every": 5,
+        },
     }
 
 

@@ -17,19 +17,29 @@ if TYPE_CHECKING:
     from .head import MindEye
 
 
+def repeat_weights(n: int, rule: str) -> np.ndarray:
+    """How a test image's ``n`` repeats are averaged: ``mean``, or ``original`` (MindEye2's
+    recon_inference pads to three: 1 repeat → [a, a, a], 2 → [a, a, b]; more: the mean)."""
+    if rule == "original" and n == 2:
+        return np.array([2 / 3, 1 / 3])
+    return np.full(n, 1 / n)
+
+
 @torch.no_grad()
 def test_embeddings(head: MindEye, model: nn.Module, subject: int = 0) -> dict[str, Any]:
     """Outputs averaged over each test image's repeats, with the image's targets."""
     s = head.subjects[subject]
     split = s["split"]
+    rule = head.cfg["eval"]["repeats"]
     device = next(model.parameters()).device
     brain, text = [], []
     for rows in split.test_rows:
         v = torch.from_numpy(s["betas"].read(rows)).to(device).unsqueeze(1)
         backbone, clip_voxels = model.backbone(model.ridge(v, subject))
-        brain.append(clip_voxels.float().mean(0))  # outputs averaged over repeats
+        w = torch.from_numpy(repeat_weights(len(rows), rule)).float().to(device)
+        brain.append(torch.einsum("r,r...->...", w, clip_voxels.float()))  # outputs averaged
         if model.text_head is not None:
-            text.append(model.text_head(backbone).float().mean(0))
+            text.append(torch.einsum("r,r...->...", w, model.text_head(backbone).float()))
     images = split.test_images
     targets = head.targets.gather(head.targets.positions(images))
     result = {
@@ -52,31 +62,61 @@ def _top1(sim: torch.Tensor) -> float:
     return (sim.argmax(1) == torch.arange(len(sim))).float().mean().item()
 
 
-def retrieval_scores(emb: dict[str, Any], way: int, draws: int, seed: int) -> dict[str, dict]:
-    """N-way top-1 over random draws of test images: mean, 95% CI half-width, chance.
+def draw_subsets(n: int, way: int, draws: int, seed: int, rng: str) -> list[np.ndarray]:
+    """The ``draws`` subsets of ``min(way, n)`` test images (positions in sorted image order).
 
-    ``image_retrieval``: for each brain embedding, is its image the most similar of the candidate
-    images; ``brain_retrieval``: for each image, is its brain embedding the most similar of the
-    candidates. ``text_retrieval``: TextAlign's predicted text feature against the true ones of
-    covered images.
+    ``original``: MindEye2's final_evaluations — ``seed_everything(seed)``, then per draw
+    ``np.random.choice(np.arange(n), size=way, replace=False)`` on NumPy's legacy global
+    generator (here a ``RandomState(seed)`` of its own, which draws the same numbers);
+    ``numpy``: ``numpy.random.default_rng(seed).choice``.
     """
-    rng = np.random.default_rng(seed)
-    n = len(emb["images"])
     k = min(way, n)
+    if rng == "original":
+        legacy = np.random.RandomState(seed)
+        return [legacy.choice(np.arange(n), size=k, replace=False) for _ in range(draws)]
+    gen = np.random.default_rng(seed)
+    return [gen.choice(n, size=k, replace=False) for _ in range(draws)]
+
+
+def retrieval_scores(
+    emb: dict[str, Any], way: int, draws: int, seed: int, rng: str = "original"
+) -> dict[str, dict]:
+    """N-way top-1 over draws of test images: mean, 95% CI half-width, chance.
+
+    Directions follow the arithmetic of MindEye2's evaluation, where
+    ``batchwise_cosine_similarity(Z, B)`` returns ``(Z·Bᵀ)ᵀ``, so its "fwd" matrix has images
+    as rows:
+
+    - ``image_retrieval`` (MindEye2's fwd, published as image retrieval): for each image, is its
+      own brain embedding the most similar of the candidates' brain embeddings?
+    - ``brain_retrieval`` (bwd): for each brain embedding, is its own image the most similar?
+    - ``text_retrieval``: for each covered test image's predicted text feature, is its own
+      caption feature the most similar (draws from ``default_rng(seed)`` of their own).
+
+    The CI is MindEye2's: ``norm.interval(0.95, mean, std(ddof=0) / √draws)``.
+    """
+    n = len(emb["images"])
     image, brain, text = [], [], []
+    subsets = draw_subsets(n, way, draws, seed, rng)
+    for pick in subsets:
+        pick = torch.from_numpy(np.asarray(pick))
+        sim = emb["targets"][pick] @ emb["brain"][pick].T  # [image, brain]
+        image.append(_top1(sim))  # rows: images -> which brain embedding?
+        brain.append(_top1(sim.T))  # rows: brain embeddings -> which image?
     n_text = len(emb["text_true"]) if "text_true" in emb else 0
     k_text = min(way, n_text)
-    for _ in range(draws):
-        pick = torch.from_numpy(rng.choice(n, size=k, replace=False))
-        sim = emb["brain"][pick] @ emb["targets"][pick].T  # [brain, image]
-        image.append(_top1(sim))  # rows: brain embeddings -> which image?
-        brain.append(_top1(sim.T))  # rows: images -> which brain embedding?
-        if k_text >= 2:
-            tp = torch.from_numpy(rng.choice(n_text, size=k_text, replace=False))
+    if k_text >= 2:
+        gen = np.random.default_rng(seed)
+        for _ in range(draws):
+            tp = torch.from_numpy(gen.choice(n_text, size=k_text, replace=False))
             text.append(_top1(emb["text_pred"][tp] @ emb["text_true"][tp].T))
-    out = {"image_retrieval": summary(image, k), "brain_retrieval": summary(brain, k)}
+    k = len(subsets[0]) if subsets else 0
+    out = {
+        "image_retrieval": summary(image, k, ddof=0),
+        "brain_retrieval": summary(brain, k, ddof=0),
+    }
     if text:
-        out["text_retrieval"] = summary(text, k_text)
+        out["text_retrieval"] = summary(text, k_text, ddof=0)
     return out
 
 
@@ -90,7 +130,7 @@ def final_evaluation(head: MindEye, model: nn.Module, run_dir: Path) -> Report:
     first = None
     for i, s in enumerate(head.subjects):
         emb = test_embeddings(head, model, i)
-        scores = retrieval_scores(emb, way=e["way"], draws=e["draws"], seed=e["seed"])
+        scores = retrieval_scores(emb, e["way"], e["draws"], e["seed"], e["draws_rng"])
         lines += [percent_line(f"{s['name']} {name}", score) for name, score in scores.items()]
         scores["n_test_images"] = len(emb["images"])
         metrics["subjects"][s["name"]] = scores

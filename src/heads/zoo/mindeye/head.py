@@ -155,6 +155,11 @@ class MindEye(Head):
             ).astype(np.int64)
         )
         self._check_text(all_images)
+        e = cfg["eval"]
+        if e["draws_rng"] not in ("original", "numpy"):
+            raise ConfigError(f"eval.draws_rng={e['draws_rng']!r}: use original or numpy.")
+        if e["repeats"] not in ("mean", "original"):
+            raise ConfigError(f"eval.repeats={e['repeats']!r}: use mean or original.")
         self.per_subject = t["batch_size"] // len(self.subjects)
         if self.per_subject < 1:
             raise ConfigError(
@@ -207,19 +212,30 @@ class MindEye(Head):
     def collate(self, items: dict[str, Any]) -> dict[str, Any]:
         return items  # TrainTrials.__getitems__ already assembles the batch
 
+    def samples_per_epoch(self) -> int:
+        """``train.samples_per_epoch``, or MindEye2's rule: 750 x num_sessions for one subject,
+        750 x 40 for several (Train.ipynb's ``num_samples_per_epoch``)."""
+        explicit = self.cfg["train"]["samples_per_epoch"]
+        if explicit:
+            return explicit
+        return 750 * (40 if len(self.subjects) > 1 else self.cfg["data"]["num_sessions"])
+
     def batch_plan(self, epoch: int, rng: np.random.Generator, batch_size: int, n_samples: int):
-        """Each step takes ``batch_size // n_subjects`` trials from every subject (a fresh
-        permutation per epoch); ``min over subjects(n_train // per_subject)`` steps."""
+        """``samples_per_epoch // batch_size`` steps; each takes ``batch_size // n_subjects``
+        trials from every subject's stream of fresh permutations (wrapped as needed, like the
+        original's resampled webdataset streams)."""
         sizes = np.diff(self.dataset.offsets)
-        orders = [rng.permutation(n) for n in sizes]
         n = self.per_subject
-        steps = int(min(sizes) // n)
+        steps = self.samples_per_epoch() // (n * len(sizes))  # the original's iterations
+        orders = [[rng.permutation(size)] for size in sizes]  # one each first, in subject order
+        for order, size in zip(orders, sizes, strict=True):
+            while len(order) * size < steps * n:
+                order.append(rng.permutation(size))
+        streams = [np.concatenate(order) for order in orders]
+        offsets = self.dataset.offsets
         return [
             np.concatenate(
-                [
-                    self.dataset.offsets[s] + order[step * n : (step + 1) * n]
-                    for s, order in enumerate(orders)
-                ]
+                [offsets[s] + stream[step * n : (step + 1) * n] for s, stream in enumerate(streams)]
             ).tolist()
             for step in range(steps)
         ]
@@ -283,7 +299,7 @@ class MindEye(Head):
         """One draw of ``eval.quick_way`` on the first subject (the same draw every time)."""
         e = self.cfg["eval"]
         emb = test_embeddings(self, model, 0)
-        scores = retrieval_scores(emb, way=e["quick_way"], draws=1, seed=e["seed"])
+        scores = retrieval_scores(emb, e["quick_way"], 1, e["seed"], e["draws_rng"])
         return {k: v["mean"] for k, v in scores.items()}
 
     def evaluate(self, model: nn.Module, run_dir: Path) -> Report:

@@ -40,8 +40,13 @@ def write_subject(
     noise: float = 1.0,
     seed: int = 0,
     subject: int = 1,
+    latent: np.ndarray | None = None,
 ) -> tuple[Path, Path]:
-    """Betas and trial table for one subject; the last ``n_test_images`` images are shared1000."""
+    """Betas and trial table for one subject; the last ``n_test_images`` images are shared1000.
+
+    The betas encode each image's tokens through a random linear map of the subject's own, or,
+    with ``latent`` (``[n_images, k]``, see :func:`shared_latent`), the latent shared by all
+    subjects through the subject's own map: what multi-subject pretraining can learn once."""
     rng = np.random.default_rng(seed + 1000 * subject)
     n_images = len(tokens)
     train_images = np.arange(n_images - n_test_images)
@@ -51,7 +56,7 @@ def write_subject(
     ]
     order = rng.permutation(len(trials))
     trials = [trials[k] for k in order]
-    features = tokens.reshape(n_images, -1).astype(np.float32)
+    features = tokens.reshape(n_images, -1).astype(np.float32) if latent is None else latent
     features = (features - features.mean(0)) / (features.std(0) + 1e-6)
     encoding = rng.standard_normal((features.shape[1], n_voxels)).astype(np.float32)
     encoding /= np.sqrt(features.shape[1])
@@ -84,3 +89,13 @@ def write_subject(
                 buf.seek(0)
                 tar.addfile(info, buf)
     return betas_path, wds
+
+
+def shared_latent(tokens: np.ndarray, dim: int = 32, seed: int = 0) -> np.ndarray:
+    """``[n_images, dim]``: a fixed random projection of each image's tokens, shared by every
+    synthetic subject (each subject then sees it through its own voxel map)."""
+    rng = np.random.default_rng(seed + 777)
+    features = tokens.reshape(len(tokens), -1).astype(np.float32)
+    features = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    projection = rng.standard_normal((features.shape[1], dim)).astype(np.float32)
+    return features @ projection / np.sqrt(features.shape[1])

@@ -1,0 +1,172 @@
+"""brain2text's optional frozen LLM with tiny random causal LMs and a tokenizer trained offline:
+the loss against a plain per-trial forward, greedy/beam generation, Qwen2-Audio checkpoints
+(language model + multi-modal projector, no audio tower), and a run whose only gradient comes
+through the frozen LM, evaluated with WER/CER."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from heads import config as config_mod
+from heads import get_head, recipe, runs
+from heads.checkpoint import read_weights, weights_file
+from heads.train import train
+from heads.zoo.brain2text.llm import FrozenLM, load_frozen_lm, load_tokenizer
+from heads.zoo.brain2text.synthetic import WORDS, write_dataset
+
+PROMPT_BEFORE, PROMPT_AFTER = "audio :", "say ."
+
+
+def quiet(*_):
+    pass
+
+
+def tiny_qwen2(vocab: int):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=256, tie_word_embeddings=False)  # fmt: skip
+
+
+def save_tokenizer(path):
+    """A word-level tokenizer trained offline on the demo's words and the prompts."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    texts = [w.capitalize() for w in WORDS] + list(WORDS) + [PROMPT_BEFORE, PROMPT_AFTER]
+    tok.train_from_iterator(
+        texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<unk>"])
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   unk_token="<unk>")  # fmt: skip
+    fast.save_pretrained(path)
+    return fast
+
+
+@pytest.fixture(scope="module")
+def causal_lm(tmp_path_factory):
+    from transformers import Qwen2ForCausalLM
+
+    path = tmp_path_factory.mktemp("lm")
+    tokenizer = save_tokenizer(path)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(tiny_qwen2(len(tokenizer))).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def qwen2_audio(tmp_path_factory):
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    path = tmp_path_factory.mktemp("qwen2audio")
+    tokenizer = save_tokenizer(path)
+    config = Qwen2AudioConfig(
+        audio_config={"d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2,
+                      "encoder_ffn_dim": 16, "num_mel_bins": 8, "max_source_positions": 16},
+        text_config=tiny_qwen2(len(tokenizer)).to_dict(),
+    )  # fmt: skip
+    torch.manual_seed(1)
+    model = Qwen2AudioForConditionalGeneration(config).eval()
+    model.save_pretrained(path)
+    return path, model
+
+
+def frozen(path, audio_dim=12):
+    tok = load_tokenizer(str(path))
+    lm, projector, pretrained = load_frozen_lm(str(path), "float32", audio_dim)
+    before = tok(PROMPT_BEFORE, add_special_tokens=False)["input_ids"]
+    after = tok(PROMPT_AFTER, add_special_tokens=False)["input_ids"]
+    return FrozenLM(lm, projector, before, after, tok.pad_token_id, tok.eos_token_id), tok
+
+
+def test_loss_equals_a_plain_forward_of_each_trial_alone(causal_lm):
+    torch.manual_seed(0)
+    llm, tok = frozen(causal_lm)
+    emb, lengths = torch.randn(2, 6, 12), torch.tensor([6, 3])
+    texts = [tok(t, add_special_tokens=False)["input_ids"] for t in ("the cat", "we go home now")]
+    texts = [t + [tok.eos_token_id] for t in texts]
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    for b, t in enumerate(texts):
+        ids[b, : len(t)] = torch.tensor(t)
+    loss = llm(emb, lengths, {"ids": ids, "lengths": torch.tensor([len(t) for t in texts])})
+    total, count = 0.0, 0
+    prefixes = llm.prefix(emb, lengths)
+    for b, t in enumerate(texts):
+        target = torch.tensor(t)
+        inputs = torch.cat([prefixes[b], llm.lm.get_input_embeddings()(target)])[None]
+        logits = llm.lm(inputs_embeds=inputs).logits[0, -len(t) - 1 : -1]
+        total += F.cross_entropy(logits, target, reduction="sum").item()
+        count += len(t)
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
+    assert len(prefixes[1]) == len(llm.before) + 3 + len(llm.after)  # valid patches only
+
+
+def test_greedy_generation_matches_a_manual_loop_and_beams_run(causal_lm):
+    torch.manual_seed(1)
+    llm, tok = frozen(causal_lm)
+    emb, lengths = torch.randn(2, 5, 12), torch.tensor([5, 2])
+    texts = llm.generate(emb, lengths, tok, num_beams=1, max_new_tokens=4)
+    for b in range(2):
+        seq = llm.prefix(emb, lengths)[b][None]
+        out = []
+        for _ in range(4):
+            nxt = int(llm.lm(inputs_embeds=seq).logits[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            out.append(nxt)
+            seq = torch.cat([seq, llm.lm.get_input_embeddings()(torch.tensor([[nxt]]))], 1)
+        assert texts[b] == tok.decode(out, skip_special_tokens=True).strip()
+    assert len(llm.generate(emb, lengths, tok, num_beams=3, max_new_tokens=3)) == 2
+
+
+def test_qwen2_audio_checkpoint_gives_its_language_model_and_frozen_projector(qwen2_audio):
+    path, original = qwen2_audio
+    lm, projector, pretrained = load_frozen_lm(str(path), "float32", 16)
+    assert pretrained and not projector.weight.requires_grad
+    assert not any(p.requires_grad for p in lm.parameters())
+    assert torch.equal(projector.weight, original.model.multi_modal_projector.linear.weight)
+    assert not any("audio" in n for n, _ in lm.named_parameters())
+    torch.manual_seed(2)
+    audio_like = torch.randn(1, 4, 16)
+    inputs = projector(audio_like)
+    expected = original(inputs_embeds=original.model.multi_modal_projector(audio_like)).logits
+    assert torch.allclose(lm(inputs_embeds=inputs).logits, expected, atol=1e-5)
+    with pytest.raises(Exception, match="takes 16-d audio embeddings"):
+        load_frozen_lm(str(path), "float32", 1280)
+
+
+def test_a_run_trained_only_through_the_frozen_lm(causal_lm, tmp_path):
+    root = write_dataset(tmp_path / "hdf5_data_final", ("t15.2023.08.11", "t15.2023.08.13"),
+                         {"train": 6, "val": 2}, n_channels=8)  # fmt: skip
+    sets = {
+        "data": {"root": str(root), "batches_per_epoch": 2, "days_per_batch": 2},
+        "model": {"n_input_features": 8, "n_units": 16, "n_layers": 1, "patch_size": 4,
+                  "patch_stride": 2, "rnn_dropout": 0.0, "audio_dim": 12},
+        "loss": {"alpha": 0.0, "beta": 1.0, "gamma": 0.0},
+        "llm": {"model": str(causal_lm), "dtype": "float32", "prompt_before": PROMPT_BEFORE,
+                "prompt_after": PROMPT_AFTER},
+        "eval": {"max_new_tokens": 4},
+        "train": {"steps": 2, "batch_size": 4, "num_workers": 0, "log_every": 1,
+                  "warmup_steps": 0, "best_metric": "val_wer"},
+    }  # fmt: skip
+    cfg = config_mod.merge(recipe(get_head("brain2text")), sets)
+    head = get_head("brain2text")(cfg)
+    start = {k: v.clone() for k, v in head.build_model().state_dict().items() if "gru" in k}
+    summary = train(head, cfg, tmp_path / "run", progress=False, log=quiet)
+    assert {"val_llm_loss", "val_wer", "val_cer"} <= set(summary)
+    saved = read_weights(weights_file(tmp_path / "run"))
+    assert "llm.projector.weight" in saved  # a new projector trains (not a Qwen2-Audio one)
+    assert not any(k.startswith("llm.lm.") for k in saved)  # the frozen LM is never saved
+    assert any(not torch.equal(saved[k], v) for k, v in start.items())  # gradient came through
+    report, _ = runs.evaluate_run("brain2text", tmp_path / "run")
+    assert report.metrics["val_wer"] >= 0 and report.metrics["val_cer"] >= 0
+    with (tmp_path / "run" / "predictions_val.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and "pred_text" in rows[0] and "pred_phonemes" not in rows[0]
