@@ -1,7 +1,7 @@
 """The head's own verbs: ``heads chat vlm RUN ...`` and ``heads export vlm RUN OUT``.
 
-Typer-style functions (the CLI mounts them, see ``heads.registry.register_command``); they parse
-options, call :mod:`.runtime` and :mod:`.generation`, and print.
+Typer-style functions, mounted by the CLI as ``heads VERB vlm`` (see ``register_command``);
+they parse options, call :mod:`.runtime` and :mod:`.generation`, and print.
 """
 
 from __future__ import annotations
@@ -14,14 +14,8 @@ from ...errors import ConfigError
 from ...registry import register_command
 
 
-def _only_vlm(head: str, verb: str) -> None:
-    if head != "vlm":
-        raise ConfigError(f"`heads {verb}` is a command of the vlm head: `heads {verb} vlm ...`.")
-
-
-@register_command("chat")
+@register_command("chat", "vlm")
 def chat(
-    head: str = typer.Argument(..., help="The head: vlm."),
     run: Path = typer.Argument(
         ..., help="A vlm run directory, or a directory `heads export` wrote."
     ),
@@ -49,7 +43,6 @@ def chat(
     from .generation import generate
     from .runtime import ImageEncoder, load_vlm
 
-    _only_vlm(head, "chat")
     if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
         raise ConfigError("--temperature >= 0, 0 < --top-p <= 1 and --max-new-tokens >= 1.")
     loaded = load_vlm(run, weights, device)
@@ -83,9 +76,8 @@ def chat(
     typer.echo()
 
 
-@register_command("export")
+@register_command("export", "vlm")
 def export(
-    head: str = typer.Argument(..., help="The head: vlm."),
     run: Path = typer.Argument(..., help="A vlm run directory."),
     out: Path = typer.Argument(..., help="A new directory for the transformers-format model."),
     weights: str = typer.Option("auto", help="auto (best if kept, else last), best or last."),
@@ -96,6 +88,5 @@ def export(
     from .runtime import export as export_vlm
     from .runtime import load_run
 
-    _only_vlm(head, "export")
     path = export_vlm(load_run(run, weights, "cpu"), out, dtype)
     typer.echo(f"exported {run} to {path}")
