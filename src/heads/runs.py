@@ -215,6 +215,30 @@ def evaluate_run(
         return head.evaluate(model, Path(run_dir)), path
 
 
+def demo_run(
+    head_name: str,
+    cfg: dict[str, Any],
+    run_dir: Path,
+    eval_heading: str,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Report:
+    """A demo's stage two: train ``cfg`` into a fresh ``run_dir`` (an earlier demo run there is
+    replaced), evaluate it as ``heads eval`` does, and print the report under ``eval_heading``."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    train(get_head(head_name)(cfg), cfg, run_dir, progress=progress, log=log)
+    report, _ = evaluate_run(head_name, run_dir)
+    log(f"\n{eval_heading}")
+    for line in report.format():
+        log(f"  {line}")
+    log(f"\nrun directory: {run_dir}  (config.json, metrics.jsonl, model.safetensors, plots/)")
+    return report
+
+
 def _join(cfg: dict[str, Any]) -> None:
     """Under torchrun, join the process group now, so ranks can agree on the run directory."""
     if distributed.launched_by_torchrun():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from featstore import Store
 from featstore.extract import extract
@@ -16,6 +17,16 @@ WORDS = ["red", "blue", "green", "cat", "dog", "bus", "tree", "house", "boat", "
 
 def quiet(*_):
     pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Stage two's tests train tiny models: intra-op threads only add synchronisation (and are
+    ~10x slower on a busy 2-core machine). Subprocess tests set OMP_NUM_THREADS themselves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

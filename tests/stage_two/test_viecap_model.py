@@ -24,15 +24,6 @@ from heads.zoo.viecap.model import MappingNetwork, ViECapModel, load_language_mo
 from heads.zoo.viecap.synthetic import write_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: intra-op threads only add sync cost (10x slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_mapping_network_at_seed_size_matches_the_original_count():
     with torch.device("meta"):
         net = MappingNetwork()  # 512 -> 10 x 768, 10 prefix tokens, 8 layers, 8 heads, ratio 2

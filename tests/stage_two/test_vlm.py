@@ -43,15 +43,6 @@ def quiet(*_):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: threads only add synchronisation (and stall on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """16 training + 4 held-out images, stage one run, the tiny LLM at ``llm-init``."""

@@ -9,7 +9,6 @@ planted phoneme patterns were recovered.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,7 @@ from featstore.teachers import create_teacher
 from ... import config as config_mod
 from ...registry import get_head, recipe
 from ...report import Report
-from ...runs import evaluate_run
-from ...train import train
+from ...runs import demo_run
 from .synthetic import SESSIONS, write_dataset
 
 
@@ -73,14 +71,6 @@ def run_demo(workdir: Path, progress: bool = True, log: Callable[[str], None] = 
     )
     head_cls = get_head("brain2text")
     cfg = config_mod.merge(config_mod.merge(recipe(head_cls), overrides), DEMO_TRAIN)
-    run_dir = workdir / "runs" / "brain2text-demo"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
     log("\nstage two: heads train brain2text (SYNTHETIC t15-like data: planted phoneme patterns)")
-    train(head_cls(cfg), cfg, run_dir, progress=progress, log=log)
-    report, _ = evaluate_run("brain2text", run_dir)
-    log("\nheads eval brain2text (validation trials; chance PER is about 100%):")
-    for line in report.format():
-        log(f"  {line}")
-    log(f"\nrun directory: {run_dir}  (config.json, metrics.jsonl, model.safetensors, plots/)")
-    return report
+    heading = "heads eval brain2text (validation trials; chance PER is about 100%):"
+    return demo_run("brain2text", cfg, workdir / "runs" / "brain2text-demo", heading, progress, log)

@@ -6,7 +6,6 @@ teacher tokens plus noise, so retrieval far above chance shows the head learned.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,7 @@ from featstore.teachers import create_teacher
 from ... import config as config_mod
 from ...registry import get_head, recipe
 from ...report import Report
-from ...runs import evaluate_run
-from ...train import train
+from ...runs import demo_run
 from .synthetic import write_images, write_subject
 
 N_IMAGES, N_TEST = 240, 40
@@ -93,14 +91,6 @@ def run_demo(workdir: Path, progress: bool = True, log: Callable[[str], None] = 
     overrides = prepare(workdir, progress=progress, log=log)
     head_cls = get_head("mindeye")
     cfg = config_mod.merge(recipe(head_cls), overrides)
-    run_dir = workdir / "runs" / "mindeye-demo"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
     log("\nstage two: heads train mindeye (synthetic NSD-like data)")
-    train(head_cls(cfg), cfg, run_dir, progress=progress, log=log)
-    report, _ = evaluate_run("mindeye", run_dir)
-    log("\nheads eval mindeye (test images, outputs averaged over 3 repeats):")
-    for line in report.format():
-        log(f"  {line}")
-    log(f"\nrun directory: {run_dir}  (config.json, metrics.jsonl, model.safetensors, plots/)")
-    return report
+    heading = "heads eval mindeye (test images, outputs averaged over 3 repeats):"
+    return demo_run("mindeye", cfg, workdir / "runs" / "mindeye-demo", heading, progress, log)
