@@ -401,12 +401,12 @@ def electrode_mask(
     would keep fewer than ``min_keep · N`` gets random masked ones back (the seed's rule)."""
     masked = torch.rand(shape, device=device, generator=generator) < ratio
     floor = int(shape[1] * min_keep)
-    for row in torch.nonzero((~masked).sum(1) < floor).flatten().tolist():
-        hidden = masked[row].nonzero().flatten()
-        give_back = int(floor - (~masked[row]).sum())
-        pick = torch.randperm(len(hidden), device=device, generator=generator)[:give_back]
-        masked[row, hidden[pick]] = False
-    return masked
+    give_back = (floor - (~masked).sum(1, keepdim=True)).clamp_min(0)  # [B, 1], often 0
+    # a random order of each row's masked electrodes (kept ones last); the first give_back of
+    # them are unmasked: all on the device, no host sync in the training step
+    order = torch.rand(shape, device=device, generator=generator).masked_fill(~masked, 2.0)
+    rank = order.argsort(1).argsort(1)
+    return masked & (rank >= give_back)
 
 
 def adapter_loss(tokens: torch.Tensor, clip: torch.Tensor, L: dict) -> tuple[torch.Tensor, dict]:
