@@ -72,6 +72,19 @@ def test_gather_row_and_id_access(tokens_entry):
         e.gather([20])
 
 
+def test_missing_ids_and_columns_are_typed_errors_and_key_errors(tokens_entry):
+    from featstore.errors import FeatstoreError, MissingIdsError, NoSuchColumnError
+
+    with pytest.raises(MissingIdsError) as missing:
+        tokens_entry.positions([3, 99])
+    assert isinstance(missing.value, FeatstoreError) and isinstance(missing.value, KeyError)
+    assert str(missing.value).startswith("1 of 2 ids are not in entry")  # unquoted message
+    with pytest.raises(NoSuchColumnError) as column:
+        tokens_entry.column("split")
+    assert isinstance(column.value, FeatstoreError) and isinstance(column.value, KeyError)
+    assert "has no column 'split' (columns: none)" in str(column.value)
+
+
 def test_memmap_and_zarr_paths_agree(tokens_entry):
     slow = open_entry(str(tokens_entry.path), zero_copy=False)
     assert not slow.zero_copy

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import CorruptChunkError, StoreError
+from .errors import CorruptChunkError, MissingIdsError, NoSuchColumnError, StoreError
 from .store import Store, read_manifest
 from .writer import chunk_file
 
@@ -340,7 +340,7 @@ class Entry:
         keys = np.asarray(ids).tolist()
         missing = [k for k in keys if k not in self._index]
         if missing:
-            raise KeyError(
+            raise MissingIdsError(
                 f"{len(missing)} of {len(keys)} ids are not in entry {self.key} "
                 f"(teacher {self.manifest.get('teacher')}); first: {missing[:5]}"
             )
@@ -352,7 +352,9 @@ class Entry:
         if not (path / "zarr.json").exists():
             folder = self.path / "columns"
             have = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-            raise KeyError(f"entry {self.key} has no column {name!r} (columns: {have or 'none'})")
+            raise NoSuchColumnError(
+                f"entry {self.key} has no column {name!r} (columns: {have or 'none'})"
+            )
         values = zarr.open_array(str(path), mode="r")[:]
         return values if values.dtype.kind in "iu" else np.asarray(values, dtype=object)
 
