@@ -81,8 +81,8 @@ class Store:
     def entry_path(self, key: str) -> Path:
         return self.root / key
 
-    def lock(self, key: str) -> EntryLock:
-        return EntryLock(self.root / "_locks" / f"{key}.lock", what=f"entry {key}")
+    def lock(self, name: str, what: str | None = None, doing: str = "written") -> EntryLock:
+        return EntryLock(self.root / "_locks" / f"{name}.lock", what or f"entry {name}", doing)
 
     def digest_memo(self) -> DigestMemo:
         writable = os.access(self.root, os.W_OK) if self.root.exists() else False
