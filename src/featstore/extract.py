@@ -106,6 +106,8 @@ def entry_keys(
 ) -> dict[str, tuple[str, dict[str, Any]]]:
     """``{output: (key, key_inputs)}`` for a teacher over a source."""
     fingerprint = source.fingerprint(memo)
+    if memo is not None:
+        memo.flush()
     identity = teacher.identity()
     keys = {}
     for kind in outputs:

@@ -5,7 +5,7 @@ Layout (see docs/store-format.md)::
     <root>/<key>/            one Zarr v3 group per cache entry (arrays + manifest attributes)
     <root>/_progress/<key>/  per-chunk commit records while an extraction is in progress
     <root>/_locks/<key>.lock the writer's lock (owner pid, host, start time)
-    <root>/digests.json      memo of content digests by (path, size, mtime)
+    <root>/digests.jsonl     memo of content digests by (path, size, mtime, ctime, inode)
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ class Store:
     def lock(self, name: str, what: str | None = None, doing: str = "written") -> EntryLock:
         return EntryLock(self.root / "_locks" / f"{name}.lock", what or f"entry {name}", doing)
 
-    def digest_memo(self) -> DigestMemo:
+    def digest_memo(self, trust: bool = True) -> DigestMemo:
+        """The memo of source digests; ``trust=False`` re-hashes everything (and records it)."""
         writable = os.access(self.root, os.W_OK) if self.root.exists() else False
-        return DigestMemo(self.root / "digests.json" if writable else None)
+        return DigestMemo(self.root / "digests.jsonl" if writable else None, trust=trust)
 
     def entries(self) -> list[EntrySummary]:
         if not self.root.is_dir():
