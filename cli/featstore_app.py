@@ -133,7 +133,7 @@ def extract(
 @app.command("ls")
 @handle_errors
 def list_entries(store: Path = StoreOpt) -> None:
-    """List the entries in the store."""
+    """List the entries in the store (damaged ones too, marked as such)."""
     st = _store(store)
     entries = st.entries()
     if not entries:
@@ -141,20 +141,33 @@ def list_entries(store: Path = StoreOpt) -> None:
         return
     header = ("KEY", "TEACHER", "OUTPUT", "SOURCE", "N", "SHAPE", "DTYPE", "SIZE", "COMPLETE")
     rows = []
+    damaged = []
     for e in entries:
         m = e.manifest
-        shape = ("T", *m["row_shape"]) if m["layout"] == "ragged" else m["row_shape"]
-        src = m.get("source", {})
+        if e.meta is None:
+            damaged.append(e)
+        try:
+            ragged = m.get("layout") == "ragged"
+            shape = ("T", *m["row_shape"]) if ragged else m["row_shape"]
+            shape_text = "[" + ",".join(map(str, shape)) + "]"
+        except (KeyError, TypeError):
+            shape_text = "?"
+        src = m.get("source") if isinstance(m.get("source"), dict) else {}
+        state = "yes" if e.complete else "no"
+        if e.meta is None:
+            state = "format 1" if m.get("format_version") == 1 else "DAMAGED"
         rows.append((
-            e.key, m.get("teacher", "?"), m.get("output", "?"),
-            f"{src.get('kind', '?')}:{Path(src.get('path', '?')).name}", str(m["n_rows"]),
-            "[" + ",".join(map(str, shape)) + "]", m["dtype"], human_bytes(e.size_bytes()),
-            "yes" if e.complete else "no",
+            e.key, str(m.get("teacher", "?")), str(m.get("output", "?")),
+            f"{src.get('kind', '?')}:{Path(str(src.get('path', '?'))).name}",
+            str(m.get("n_rows", "?")), shape_text, str(m.get("dtype", "?")),
+            human_bytes(e.size_bytes()), state,
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     typer.echo(f"{len(entries)} entries in {st.root}")
+    for e in damaged:
+        typer.echo(f"{e.key}: {e.problem}", err=True)
 
 
 @app.command()
@@ -163,9 +176,10 @@ def info(key: str = typer.Argument(..., help="Key, unique key prefix, or entry p
          store: Path = StoreOpt) -> None:  # fmt: skip
     """Show an entry's manifest: key inputs, shapes, provenance."""
     entry = _store(store).resolve(key)
-    m = dict(entry.manifest)
-    checksums = m.pop("checksums", [])
-    m["checksums"] = f"{len(checksums)} chunk checksums (CRC32)"
+    entry.require_readable()
+    m = entry.manifest
+    sums = m.pop("array_checksums", {})
+    m["array_checksums"] = f"{len(sums)} arrays (CRC32C)"
     m["size"] = human_bytes(entry.size_bytes())
     m["path"] = str(entry.path)
     typer.echo(json.dumps(m, indent=2, default=str))
@@ -175,18 +189,24 @@ def info(key: str = typer.Argument(..., help="Key, unique key prefix, or entry p
 @handle_errors
 def verify(key: str = typer.Argument(..., help="Key, unique key prefix, or entry path."),
            store: Path = StoreOpt) -> None:  # fmt: skip
-    """Recompute every chunk checksum; name the bad chunks and exit 1 if any."""
+    """Check everything: metadata, ids, columns, offsets and every block of every chunk against
+    its checksum. Names each problem and exits 1 if there is any."""
     from featstore.errors import CorruptChunkError
-    from featstore.reader import Entry
+    from featstore.verify import verify_entry
 
-    entry = Entry(_store(store).resolve(key).path, verify=False)
-    bad = entry.verify_all()
-    n = len(entry.manifest["checksums"])
-    if bad:
-        for message in bad:
+    entry = _store(store).resolve(key)
+    report = verify_entry(entry.path)
+    if not report.ok:
+        for message in report.problems:
             typer.secho(message, fg=typer.colors.RED, err=True)
-        raise CorruptChunkError(f"{len(bad)} of {n} chunks of {entry.key} are corrupt.")
-    typer.echo(f"ok: all {n} chunks of {entry.key} match their checksums.")
+        others = len(report.problems) - report.bad_chunks
+        parts = [f"{report.bad_chunks} of {report.n_chunks} chunks"] if report.bad_chunks else []
+        parts += [f"{others} other problem{'s' if others > 1 else ''}"] if others else []
+        raise CorruptChunkError(f"entry {entry.key} is damaged: {' and '.join(parts)}.")
+    typer.echo(
+        f"ok: all {report.n_blocks} blocks in {report.n_chunks} chunks of {entry.key} match "
+        f"their checksums, and so do its ids, columns, offsets and metadata."
+    )
 
 
 @app.command()
@@ -200,6 +220,28 @@ def rm(keys: list[str] = typer.Argument(..., help="Keys, unique key prefixes, or
         typer.echo(
             f"removed {entry.key} ({entry.manifest.get('teacher')}/{entry.manifest.get('output')})"
         )
+
+
+@app.command()
+@handle_errors
+def migrate(
+    keys: list[str] = typer.Argument(None, help="Keys, unique key prefixes, or entry paths."),
+    every: bool = typer.Option(False, "--all", help="Every entry in an older store format."),
+    store: Path = StoreOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Upgrade entries written in an older store format in place (checks every chunk; no
+    teacher runs). Readers refuse such entries until they are migrated."""
+    from featstore.errors import FeatstoreError
+    from featstore.migrate import migrate_entry
+
+    st = _store(store)
+    if every:
+        keys = [e.key for e in st.entries() if e.manifest.get("format_version") == 1]
+    if not keys:
+        raise FeatstoreError("name the entries to migrate, or pass --all.")
+    for key in keys:
+        typer.echo(migrate_entry(st, key, progress=not quiet, log=typer.echo))
 
 
 @app.command()

@@ -173,7 +173,7 @@ def test_ragged_resume_after_interrupt(captions, store, monkeypatch):
 def test_incomplete_entry_is_never_served(nsd_hdf5, store, bigg_tiny, monkeypatch):
     from featstore import writer
 
-    monkeypatch.setattr(writer.EntryWriter, "finalize", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(writer.EntryWriter, "finish", lambda *a, **k: (_ for _ in ()).throw(
         KeyboardInterrupt))  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         run(bigg_tiny, open_source(nsd_hdf5), store)

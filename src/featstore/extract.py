@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from .errors import FeatstoreError, SourceError, StoreError
+from .format import progress_dir
 from .hashing import cache_key, canonical_json
 from .sources.base import Source
 from .store import Store, read_manifest
 from .teachers.base import OutputSpec, Teacher
-from .writer import EntryWriter, progress_dir
+from .writer import EntryWriter
 
 DTYPES = ("float16", "float32")
 NORMALIZATIONS = ("none", "l2")
