@@ -101,33 +101,53 @@ def extract(
         "images_root=/data/THINGS; see docs/sources.md.",
     ),
     seed: int = typer.Option(0, help="Seed for --weights random."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    allow_nonfinite: bool = typer.Option(
+        False, help="Store NaN/inf outputs instead of stopping with an error naming the items."
+    ),
+    rehash: bool = typer.Option(
+        False, help="Hash the source again even where the digest memo knows it unchanged."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
-    """Extract a teacher's outputs over a source (a no-op if the entry is complete; resumes if not)."""  # noqa: E501
+    """Extract a teacher's outputs over a source (a no-op if the entry is complete; resumes if not).
+
+    Under torchrun (torchrun --nproc-per-node N -m featstore extract ...) the ranks share the
+    entry's chunks; see docs/quickstart.md.
+    """
+    from featstore.extract import ExtractOptions
     from featstore.extract import extract as run_extract
     from featstore.sources import detect_kind, open_source
     from featstore.teachers import create_teacher, get_spec
 
+    options = ExtractOptions.from_kwargs(
+        outputs=output or None, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
+        device=device, precision=precision, chunk_rows=chunk_rows, compression=compression,
+        normalize=normalize, allow_nonfinite=allow_nonfinite, rehash=rehash, progress=not quiet,
+    )  # fmt: skip
+    options.check()  # every option before anything is loaded or created
     get_spec(teacher)  # unknown names fail before anything is loaded
     kind = source_kind or detect_kind(source)
-    options = {}
+    source_options = {}
     if kind == "text-list":
-        options = {"id_field": id_field, "text_field": text_field}
-    options.update(_key_values(source_option, "--source-option"))
-    src = open_source(source, kind=kind, ids=ids, row_range=row_range, **options)
+        source_options = {"id_field": id_field, "text_field": text_field}
+    source_options.update(_key_values(source_option, "--source-option"))
+    src = open_source(source, kind=kind, ids=ids, row_range=row_range, **source_options)
     teacher_options = {"weights": weights, "seed": seed,
                        **_key_values(teacher_option, "--teacher-option")}  # fmt: skip
     if preprocessing:
         teacher_options["preprocessing"] = preprocessing
     model = create_teacher(teacher, **teacher_options)
-    st = _store(store)
-    result = run_extract(
-        model, src, st, outputs=output or None, dtype=dtype, batch_size=batch_size,
-        num_workers=num_workers, device=device, precision=precision, chunk_rows=chunk_rows,
-        compression=compression, normalize=normalize, progress=not quiet, log=typer.echo,
-    )  # fmt: skip
-    for e in result.entries:
-        typer.echo(f"{e.status:>9}  {e.key}  {teacher}/{e.output}  n={e.n_rows}  {e.path}")
+    options.check_pairing(model, src)
+    result = run_extract(model, src, _store(store), options, log=typer.echo)
+    if result.ranks == 1 or _is_rank_zero():
+        for e in result.entries:
+            typer.echo(f"{e.status:>9}  {e.key}  {teacher}/{e.output}  n={e.n_rows}  {e.path}")
+
+
+def _is_rank_zero() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 @app.command("ls")

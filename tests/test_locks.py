@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -139,6 +140,28 @@ def test_stale_lock_of_dead_process_is_taken_over(nsd_hdf5, store, bigg_tiny):
                      log=messages.append)  # fmt: skip
     assert result.entries[0].status == "extracted" and not lock.exists()
     assert any("took over the lock" in m for m in messages)
+
+
+def test_concurrent_writer_fails_fast_before_hashing_the_source(nsd_hdf5, store, bigg_tiny,
+                                                                monkeypatch):  # fmt: skip
+    """The loser of a race for the same extraction fails in well under a second, before it
+    hashes the source (hashing a 60 GB source takes minutes), and writes nothing."""
+    from featstore.planning import job_name
+    from featstore.sources.nsd import NsdImages
+
+    source = open_source(nsd_hdf5)
+    name = job_name(bigg_tiny, source, ["tokens"], "float16", "none")
+    holder = start_holder(store.root / "_locks" / f"{name}.lock")
+    hashed = []
+    monkeypatch.setattr(NsdImages, "content_digest", lambda *a: hashed.append(1) or "x")
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(EntryLockedError, match=f"pid {holder.pid}"):
+            run(bigg_tiny, nsd_hdf5, store)
+        assert time.perf_counter() - t0 < 0.5
+        assert not hashed and store.entries() == []
+    finally:
+        holder.communicate("")
 
 
 def test_concurrent_writer_of_the_same_entry_gets_a_clear_error(nsd_hdf5, store, bigg_tiny):
