@@ -167,3 +167,25 @@ def test_verify_checks_each_block_on_the_bytes_read(damaged):
     assert e.gather([10, 11]).shape == (2, 256, 64)  # another block of chunk 1
     with pytest.raises(FeatstoreError, match=r"features/c/1/0/0 is corrupt \(rows 8-9"):
         e.gather([8])
+
+
+def test_all_zero_arrays_still_have_every_chunk(tmp_path, store):
+    """zarr-python skips all-fill chunks unless told at open; a missing chunk is corruption, so
+    ids of [0], an all-zero column and all-zero ragged values must still be written."""
+    from test_reader import WordVectors
+
+    class Zeros(WordVectors):
+        @staticmethod
+        def vectors(text):
+            return WordVectors.vectors(text) * 0
+
+        def forward(self, batch, kinds):
+            return {"words": [self.vectors(t) for t in batch]}
+
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"id": 0, "text": "all zero here"}) + "\n")
+    key = run(Zeros(), open_source(path), store, dtype="float32")
+    entry = store.entry_path(key)
+    assert (entry / "ids/c/0").exists() and (entry / "values/c/0/0").exists()
+    assert runner.invoke(app, ["verify", key, "--store", str(store.root)]).exit_code == 0
+    assert open_entry(key, store).ids.tolist() == [0]

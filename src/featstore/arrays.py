@@ -32,7 +32,8 @@ BYTES_CHUNK = 1 << 20  # bytes per chunk of a string group's UTF-8 array
 
 def writing_every_chunk():
     """Every chunk is written, even all-fill ones, so that every chunk file exists. zarr-python
-    honours this only through its global config (``open_array`` ignores ``config=``)."""
+    honours this only through its global config, read when an array is created or opened: open
+    (or create) the array inside this context, not just write there."""
     return zarr.config.set({"array.write_empty_chunks": True})
 
 
@@ -46,18 +47,18 @@ def as_id_vector(values: object) -> np.ndarray:
 
 def write_raw(group: zarr.Group, name: str, data: np.ndarray, chunk: int) -> dict[str, str]:
     """A 1-d numeric array, uncompressed; returns ``{path: crc32c hex}``."""
-    arr = group.create_array(
-        name,
-        shape=data.shape,
-        chunks=(max(1, min(len(data), chunk)),),
-        dtype=data.dtype,
-        fill_value=0,
-        compressors=None,
-        filters=None,
-        overwrite=True,
-    )
-    if len(data):
-        with writing_every_chunk():
+    with writing_every_chunk():  # zarr-python reads this setting when an array is opened
+        arr = group.create_array(
+            name,
+            shape=data.shape,
+            chunks=(max(1, min(len(data), chunk)),),
+            dtype=data.dtype,
+            fill_value=0,
+            compressors=None,
+            filters=None,
+            overwrite=True,
+        )
+        if len(data):
             arr[:] = data
     return {_path(group, name): crc_hex(crc32c(data))}
 

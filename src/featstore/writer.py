@@ -316,7 +316,8 @@ class EntryWriter:
         at commit is an error, never copied."""
         if not chunks:
             return
-        values = zarr.open_array(str(self.path / VALUES), mode="r+")
+        with writing_every_chunk():  # read at open: every chunk, even an all-zero one
+            values = zarr.open_array(str(self.path / VALUES), mode="r+")
         vc, total = plan.value_chunk, int(plan.offsets[-1])
         cr = self.chunk_rows
         unit_starts = plan.offsets[np.arange(self.n_chunks) * cr]
