@@ -66,7 +66,9 @@ def extract(
     ),
     store: Path = StoreOpt,
     weights: str = typer.Option(
-        "pretrained", help="pretrained (default), random, or a checkpoint path."
+        None,
+        help="pretrained, random, or a checkpoint path (transformers teachers: also a hub repo "
+        "id) [default: pretrained; random for the *-tiny teachers].",
     ),
     output: list[str] = typer.Option(
         None, "--output", "-o", help="Output kind(s) to store [default: the teacher's first]."
@@ -223,9 +225,10 @@ def verify(key: str = typer.Argument(..., help="Key, unique key prefix, or entry
         parts = [f"{report.bad_chunks} of {report.n_chunks} chunks"] if report.bad_chunks else []
         parts += [f"{others} other problem{'s' if others > 1 else ''}"] if others else []
         raise CorruptChunkError(f"entry {entry.key} is damaged: {' and '.join(parts)}.")
+    chunks = f"{report.n_chunks} chunk{'s' if report.n_chunks != 1 else ''}"
     typer.echo(
-        f"ok: all {report.n_blocks} blocks in {report.n_chunks} chunks of {entry.key} match "
-        f"their checksums, and so do its ids, columns, offsets and metadata."
+        f"ok: all {report.n_blocks} blocks in {chunks} of {entry.key} match their checksums, "
+        f"and so do its ids, columns, offsets and metadata."
     )
 
 

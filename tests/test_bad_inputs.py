@@ -55,6 +55,15 @@ def test_bad_options_fail_before_anything_is_created(nsd_hdf5, store, flag, valu
                          needle)  # fmt: skip
 
 
+def test_weights_that_are_not_a_checkpoint(nsd_hdf5, store, tmp_path):
+    """Before: a 59-line traceback."""
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not a checkpoint at all")
+    result = cli("extract", "--teacher", "bigG-tiny", "--source", nsd_hdf5, "--store", store.root,
+                 "--weights", bogus, "-q")  # fmt: skip
+    assert_clean_failure(result, store, "notes.txt", "is not a checkpoint")
+
+
 def test_empty_ids_file(nsd_hdf5, store, tmp_path):
     """Before: a complete n=0 entry, printing both 'cache hit' and 'extracted'."""
     ids = tmp_path / "ids.txt"

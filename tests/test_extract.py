@@ -285,5 +285,5 @@ def test_local_hf_copy_is_loaded_and_keyed_by_content(captions, tmp_path, store,
 def test_text_teacher_rejects_image_preprocessing():
     from featstore.errors import FeatstoreError
 
-    with pytest.raises(FeatstoreError, match="takes no --preprocessing"):
+    with pytest.raises(FeatstoreError, match="takes no option 'preprocessing'"):
         create_teacher("clip-l-text-tiny", weights="random", preprocessing="mindeye")

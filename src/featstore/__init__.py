@@ -5,11 +5,7 @@
 >>> batch = entry.gather([0, 17, 5])              # zero-copy memory-mapped rows
 """
 
-from ._compat import ensure_torchvision_importable
-
-ensure_torchvision_importable()
-
-from .errors import (  # noqa: E402
+from .errors import (
     CorruptChunkError,
     EntryLockedError,
     FeatstoreError,
@@ -19,8 +15,8 @@ from .errors import (  # noqa: E402
     StoreError,
     UnknownTeacherError,
 )
-from .reader import Entry, FeatureDataset, open_entry  # noqa: E402
-from .store import Store, default_store_root  # noqa: E402
+from .reader import Entry, FeatureDataset, open_entry
+from .store import Store, default_store_root
 
 __all__ = [
     "CorruptChunkError",
