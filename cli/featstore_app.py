@@ -269,6 +269,30 @@ def migrate(
 
 @app.command()
 @handle_errors
+def export(
+    key: str = typer.Argument(..., help="Key, unique key prefix, or entry path."),
+    out: Path = typer.Option(..., "--out", help="Output folder (must not exist or be empty)."),
+    fmt: str = typer.Option(
+        "npy", "--format", help="npy: .npy shards + parquet metadata; parquet: one table."
+    ),
+    shard_rows: int = typer.Option(None, help="Rows per shard [default: ~1 GiB shards]."),
+    dtype: str = typer.Option(None, help="float16 or float32 [default: as stored]."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+    store: Path = StoreOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Export an entry for retrieval tools: embeddings as .npy shards (or parquet) plus ids and
+    metadata as parquet, the layout clip-retrieval and autofaiss index directly."""
+    from featstore.export import export_entry
+    from featstore.reader import open_entry
+
+    entry = open_entry(key, store=_store(store))
+    export_entry(entry, out, fmt, shard_rows, dtype, overwrite, progress=not quiet,
+                 log=typer.echo)  # fmt: skip
+
+
+@app.command()
+@handle_errors
 def teachers() -> None:
     """List the registered teachers and their output shapes."""
     from featstore.teachers import list_teachers, teacher_outputs

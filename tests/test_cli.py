@@ -35,7 +35,7 @@ def assert_clean_failure(result, store, *needles):
 
 
 def test_help_everywhere():
-    commands = ["extract", "ls", "info", "verify", "rm", "teachers", "demo", "migrate"]
+    commands = ["extract", "ls", "info", "verify", "rm", "teachers", "demo", "migrate", "export"]
     for cmd in ([], *([c] for c in commands)):
         result = cli(*cmd, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
