@@ -162,28 +162,8 @@ def list_entries(store: Path = StoreOpt) -> None:
         typer.echo(f"no entries in {st.root}")
         return
     header = ("KEY", "TEACHER", "OUTPUT", "SOURCE", "N", "SHAPE", "DTYPE", "SIZE", "COMPLETE")
-    rows = []
-    damaged = []
-    for e in entries:
-        m = e.manifest
-        if e.meta is None:
-            damaged.append(e)
-        try:
-            ragged = m.get("layout") == "ragged"
-            shape = ("T", *m["row_shape"]) if ragged else m["row_shape"]
-            shape_text = "[" + ",".join(map(str, shape)) + "]"
-        except (KeyError, TypeError):
-            shape_text = "?"
-        src = m.get("source") if isinstance(m.get("source"), dict) else {}
-        state = "yes" if e.complete else "no"
-        if e.meta is None:
-            state = "format 1" if m.get("format_version") == 1 else "DAMAGED"
-        rows.append((
-            e.key, str(m.get("teacher", "?")), str(m.get("output", "?")),
-            f"{src.get('kind', '?')}:{Path(str(src.get('path', '?'))).name}",
-            str(m.get("n_rows", "?")), shape_text, str(m.get("dtype", "?")),
-            human_bytes(e.size_bytes()), state,
-        ))  # fmt: skip
+    rows = [(e.key, *e.listing(), human_bytes(e.size_bytes()), e.state) for e in entries]
+    damaged = [e for e in entries if e.meta is None]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

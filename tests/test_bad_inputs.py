@@ -9,22 +9,10 @@ import json
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from test_cli import cli, extract_args
 
 from featstore.extract import extract
 from featstore.sources import open_source
-from featstore_cli.featstore_app import app
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def extract_args(store, source, teacher="bigG-tiny", *extra):
-    return ("extract", "--teacher", teacher, "--source", source, "--store", store.root,
-            "--weights", "random", "-q", "--num-workers", "0", *extra)  # fmt: skip
 
 
 def assert_clean_failure(result, store, *needles):

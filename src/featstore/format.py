@@ -138,15 +138,20 @@ def raw_layout_reason(meta: dict[str, Any]) -> str | None:
     return None
 
 
-def read_array_meta(array_dir: Path) -> dict[str, Any]:
-    """An array's ``zarr.json``, or a ``FormatError`` naming the file and what is wrong."""
-    path = array_dir / "zarr.json"
+def _read_json(path: Path) -> Any:
+    """A metadata file's JSON, or a ``FormatError`` saying it is missing or unreadable."""
     try:
-        meta = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise FormatError(f"{path} is missing.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{path} is unreadable ({e}).") from None
+
+
+def read_array_meta(array_dir: Path) -> dict[str, Any]:
+    """An array's ``zarr.json``, or a ``FormatError`` naming the file and what is wrong."""
+    path = array_dir / "zarr.json"
+    meta = _read_json(path)
     if not isinstance(meta, dict) or meta.get("node_type") != "array" or "shape" not in meta:
         raise FormatError(f"{path} is not Zarr v3 array metadata.")
     return meta
@@ -300,12 +305,7 @@ class Manifest:
 def read_group_attrs(entry_path: Path) -> dict[str, Any]:
     """The group ``zarr.json`` of an entry; a ``FormatError`` names the file and the problem."""
     path = entry_path / "zarr.json"
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FormatError(f"{path} is missing.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{path} is unreadable ({e}).") from None
+    meta = _read_json(path)
     if not isinstance(meta, dict) or meta.get("node_type") != "group":
         raise FormatError(f"{path} is not Zarr v3 group metadata.")
     attrs = meta.get("attributes", {})

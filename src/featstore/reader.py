@@ -82,6 +82,15 @@ class RawRows:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_maps": {}}
 
+    @property
+    def open_maps(self) -> int:
+        """How many chunk files this process has mapped now (at most ``max_open``)."""
+        return len(self._maps)
+
+    @property
+    def _views(self) -> dict[int, np.ndarray]:  # for bench/train_step.py, which counts maps
+        return {c: view for c, (view, _) in self._maps.items()}
+
     def chunk_path(self, chunk: int) -> Path:
         return chunk_file(self.dir, chunk, len(self.shape))
 

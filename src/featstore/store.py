@@ -62,6 +62,30 @@ class EntrySummary:
         """The manifest as stored (empty when it cannot be read)."""
         return self.meta.to_dict() if self.meta is not None else raw_manifest(self.path) or {}
 
+    @property
+    def state(self) -> str:
+        """``yes``/``no`` (complete or not), ``format 1`` (needs migrate) or ``DAMAGED``."""
+        if self.meta is not None:
+            return "yes" if self.meta.complete else "no"
+        return "format 1" if self.manifest.get("format_version") == 1 else "DAMAGED"
+
+    def listing(self) -> tuple[str, ...]:
+        """Teacher, output, source, N, shape and dtype as `featstore ls` shows them; read from
+        the stored manifest as far as it goes, so damaged and format-1 entries list too."""
+        m = self.manifest
+        src = m.get("source") if isinstance(m.get("source"), dict) else {}
+        shape = m.get("row_shape")
+        if isinstance(shape, list):
+            dims = ["T", *shape] if m.get("layout") == "ragged" else shape
+            shape_text = "[" + ",".join(map(str, dims)) + "]"
+        else:
+            shape_text = "?"
+        return (
+            str(m.get("teacher", "?")), str(m.get("output", "?")),
+            f"{src.get('kind', '?')}:{Path(str(src.get('path', '?'))).name}",
+            str(m.get("n_rows", "?")), shape_text, str(m.get("dtype", "?")),
+        )  # fmt: skip
+
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
