@@ -1,11 +1,11 @@
-"""Stable hashes: cache keys, chunk checksums and memoized file digests."""
+"""Stable hashes: cache keys and memoized file digests (stored bytes: see ``integrity``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import zlib
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,6 @@ def _json_default(obj: Any) -> Any:
 def cache_key(inputs: dict[str, Any]) -> str:
     """The cache key: a hash over every input that changes what an entry contains."""
     return hashlib.sha256(canonical_json(inputs).encode()).hexdigest()[:KEY_LENGTH]
-
-
-def array_checksum(array: np.ndarray) -> str:
-    """CRC32 of an array's C-order bytes (stdlib zlib, ~3 GB/s here, no copy)."""
-    return f"{zlib.crc32(np.ascontiguousarray(array).data):08x}"
 
 
 def hash_ids(ids: np.ndarray) -> str:
@@ -71,6 +66,7 @@ class DigestMemo:
         self.trust = trust  # False: never reuse a digest (still record the fresh ones)
         self._data: dict[str, str] = {}
         self._pending: list[str] = []
+        self._folders: dict[str, str] = {}  # folder -> its real path
         self._lines = 0
         if path is not None and path.exists():
             try:
@@ -86,11 +82,17 @@ class DigestMemo:
                 if isinstance(stamp, str) and isinstance(digest, str):
                     self._data[stamp] = digest
 
-    @staticmethod
-    def _stamp(file: Path, extra: str) -> str:
-        st = os.stat(file)
-        return (f"{os.path.realpath(file)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|"
-                f"{st.st_ino}|{extra}")  # fmt: skip
+    def _stamp(self, file: Path, extra: str) -> str:
+        st = os.lstat(file)
+        if stat.S_ISLNK(st.st_mode):
+            real, st = os.path.realpath(file), os.stat(file)
+        else:  # resolve the folder once, not every path component of every file
+            folder, name = os.path.split(os.path.abspath(file))
+            real_folder = self._folders.get(folder)
+            if real_folder is None:
+                real_folder = self._folders[folder] = os.path.realpath(folder)
+            real = os.path.join(real_folder, name)
+        return f"{real}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{extra}"
 
     def get(self, file: Path, extra: str = "") -> str | None:
         return self._data.get(self._stamp(file, extra)) if self.trust else None

@@ -76,7 +76,7 @@ class RawRows:
         # chunk -> (plain ndarray view of its map, the mmap). ndarray indexing skips np.memmap's
         # per-access overhead; each map holds a file mapping, so at most ``max_open`` stay open.
         self._maps: dict[int, tuple[np.ndarray, mmap.mmap]] = {}
-        self._cold = False
+        self._cold = True  # until a batch shows otherwise: one batch of hints costs ~0.1 ms
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -166,10 +166,10 @@ class RawRows:
         self._fork_check()
         out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
         rows = indices.tolist()
+        t0 = time.perf_counter()  # hints included: the kernel may read inside madvise
         if self._hinting():
             self._advise(rows, [r + 1 for r in rows])
         cr, maps = self.chunk_rows, self._maps
-        t0 = time.perf_counter()
         for j, i in enumerate(rows):
             c = i // cr
             found = maps.get(c)
@@ -181,9 +181,9 @@ class RawRows:
     def take_ranges(self, starts: list[int], stops: list[int]) -> list[np.ndarray]:
         """Row ranges ``[start, stop)`` (ragged items) as new arrays."""
         self._fork_check()
+        t0 = time.perf_counter()
         if self._hinting():
             self._advise(starts, stops)
-        t0 = time.perf_counter()
         out = [np.array(self.rows(a, b)) for a, b in zip(starts, stops, strict=True)]
         nbytes = sum(x.nbytes for x in out)
         self._observe(len(out), nbytes, time.perf_counter() - t0)
@@ -273,6 +273,8 @@ class Entry:
         self.zero_copy = isinstance(self._rows, RawRows)
         self._check_shapes()
         self._verified: np.ndarray | None = _shared_flags(meta.n_blocks)
+        self._all_verified = False  # every block checked (by this process or a sibling)
+        self._clean_batches = 0
         self._index: dict[Any, int] | None = None
 
     def _check_shapes(self) -> None:
@@ -353,11 +355,16 @@ class Entry:
     def _verify_read(self, rows: np.ndarray, read: np.ndarray | list[np.ndarray] | None) -> None:
         """Check the blocks of ``rows`` not yet verified; ``read[j]`` holds row ``rows[j]`` when
         a block is one row (so the check costs no second read)."""
-        if not self.verify or not len(rows):
+        if not self.verify or not len(rows) or self._all_verified:
             return
         flags, br = self._flags(), self.meta.block_rows
         blocks = rows // br if br > 1 else rows
         todo = np.flatnonzero(flags[blocks] == 0)
+        if not len(todo):
+            self._clean_batches += 1
+            if self._clean_batches % 64 == 0:  # flags only ever go from 0 to 1
+                self._all_verified = bool(flags.all())
+            return
         for j in todo.tolist():
             block = int(blocks[j])
             if flags[block]:
