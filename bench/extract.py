@@ -601,7 +601,7 @@ def run_ranks(args: argparse.Namespace) -> dict:
         )
 
     def files(store: Path) -> dict[str, bytes]:
-        (entry,) = [p for p in store.iterdir() if not p.name.startswith("_")]
+        (entry,) = [p for p in store.iterdir() if p.is_dir() and not p.name.startswith("_")]
         return {str(p.relative_to(entry)): p.read_bytes() for p in sorted(entry.rglob("*"))
                 if p.is_file() and p.parent != entry}  # fmt: skip
 
