@@ -189,3 +189,27 @@ def test_all_zero_arrays_still_have_every_chunk(tmp_path, store):
     assert (entry / "ids/c/0").exists() and (entry / "values/c/0/0").exists()
     assert runner.invoke(app, ["verify", key, "--store", str(store.root)]).exit_code == 0
     assert open_entry(key, store).ids.tolist() == [0]
+
+
+def test_ragged_items_spanning_values_chunks_are_checked(tmp_path, store, monkeypatch):
+    """verify follows an item across chunk files, and a damaged later chunk is named."""
+    from test_reader import WordVectors
+
+    from featstore import writer
+
+    monkeypatch.setattr(writer, "VALUE_CHUNK_BYTES", 3 * 16)  # 3 frames of [4] fp32 per chunk
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": " ".join(["w"] * (1 + i % 4))}) + "\n"
+                            for i in range(9)))  # fmt: skip
+    key = run(WordVectors(), open_source(path), store, dtype="float32", chunk_rows=2,
+              batch_size=2)  # fmt: skip
+    entry = store.entry_path(key)
+    chunks = sorted((entry / "values" / "c").iterdir(), key=lambda p: int(p.name))
+    assert len(chunks) == 7  # 21 frames in chunks of 3
+    e = open_entry(key, store)
+    assert e.verify_all() == []
+    src = open_source(path)
+    for i in range(9):
+        np.testing.assert_array_equal(e[i], WordVectors.vectors(src.load(i)).numpy())
+    flip(chunks[5] / "0", 4)
+    assert "values/c/5/0 is corrupt (item" in verify(store, key)
