@@ -193,11 +193,13 @@ def verify(key: str = typer.Argument(..., help="Key, unique key prefix, or entry
            store: Path = StoreOpt) -> None:  # fmt: skip
     """Check everything: metadata, ids, columns, offsets and every block of every chunk against
     its checksum. Names each problem and exits 1 if there is any."""
-    from featstore.errors import CorruptChunkError
+    from featstore.errors import CorruptChunkError, StoreError
     from featstore.verify import verify_entry
 
     entry = _store(store).resolve(key)
     report = verify_entry(entry.path)
+    if report.incomplete:
+        raise StoreError(report.problems[0])
     if not report.ok:
         for message in report.problems:
             typer.secho(message, fg=typer.colors.RED, err=True)

@@ -205,3 +205,11 @@ def test_manifest_of_a_json_entry_list(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({"id": "é/ü\u2028x", "text": "a cat"}) + "\n")
     assert open_source(path).ids.tolist() == ["é/ü\u2028x"]
+
+
+def test_verify_of_an_incomplete_entry_says_so(store, bigg_tiny, nsd_hdf5, monkeypatch):
+    interrupted(store, bigg_tiny, nsd_hdf5, monkeypatch, when="finish", after=0)
+    (entry,) = store.entries()
+    result = cli("verify", entry.key, "--store", store.root)
+    assert result.exit_code == 1 and result.output.count("error:") == 1
+    assert "is incomplete" in result.output and "resume" in result.output

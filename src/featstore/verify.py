@@ -37,6 +37,7 @@ class Report:
     n_chunks: int = 0  # data chunks checked
     bad_chunks: int = 0
     n_blocks: int = 0
+    incomplete: bool = False  # still being written (or interrupted): not checked further
 
     @property
     def ok(self) -> bool:
@@ -52,6 +53,7 @@ def verify_entry(path: Path) -> Report:
         report.problems.append(str(e))
         return report
     if not meta.complete:
+        report.incomplete = True
         report.problems.append(
             f"entry {meta.key} is incomplete (extraction was interrupted or is running); run the "
             f"same `featstore extract` again to resume it."
