@@ -578,6 +578,34 @@ def _featstore_run(n_ranks: int, source: Path, store: Path, args) -> tuple[float
     return wall, float(found.group(1)), proc.stdout
 
 
+MATMUL = """
+import time, torch
+torch.set_num_threads(1)
+a, b = torch.randn(512, 512), torch.randn(512, 512)
+t, n = time.perf_counter(), 0
+while time.perf_counter() - t < 4:
+    a @ b
+    n += 1
+print(n / (time.perf_counter() - t))
+"""
+
+
+def parallel_ceiling(n: int) -> float:
+    """How many single-thread processes' worth of compute ``n`` concurrent processes get now
+    (1 = no gain from running them side by side): the ceiling for an ``n``-rank speed-up."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def rates(k: int) -> list[float]:
+        procs = [subprocess.Popen([sys.executable, "-c", MATMUL], stdout=subprocess.PIPE,
+                                  text=True, env=env) for _ in range(k)]  # fmt: skip
+        return [float(p.communicate()[0]) for p in procs]
+
+    solo = rates(1)[0]
+    return sum(rates(n)) / solo
+
+
 def run_ranks(args: argparse.Namespace) -> dict:
     """N ranks x 1 thread vs 1 rank x 1 thread, same entry, interleaved 1, N, 1, N, 1; the
     stored bytes must be identical."""
@@ -606,6 +634,7 @@ def run_ranks(args: argparse.Namespace) -> dict:
                 if p.is_file() and p.parent != entry}  # fmt: skip
 
     identical = files(stores[1]) == files(stores[args.ranks])
+    ceiling = parallel_ceiling(args.ranks)
     engine = {r: statistics.median(n / e for _, e in v) for r, v in runs.items()}
     e2e = {r: statistics.median(n / w for w, _ in v) for r, v in runs.items()}
     speedup = engine[args.ranks] / engine[1]
@@ -627,7 +656,7 @@ def run_ranks(args: argparse.Namespace) -> dict:
     result = {"benchmark": "extract-ranks", "teacher": RANKS_TEACHER, "n": n,
               "runs": {str(k): v for k, v in runs.items()}, "engine_items_per_s": engine,
               "end_to_end_items_per_s": e2e, "speedup": speedup, "identical": identical,
-              "loadavg": load}  # fmt: skip
+              "parallel_ceiling": ceiling, "loadavg": load}  # fmt: skip
     out = args.workdir / "extract-ranks.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"results written to {out}")

@@ -77,7 +77,7 @@ def every_entry(tmp_path_factory) -> tuple[Store, list[str]]:
             if modality != teacher.modality:
                 continue
             result = extract(teacher, open_source(path, kind=kind, **options), store,
-                             outputs=list(teacher.outputs), batch_size=2, num_workers=0,
+                             outputs=list(teacher.outputs), batch_size=8, num_workers=0,
                              progress=False, log=lambda *_: None)  # fmt: skip
             keys += [e.key for e in result.entries]
     bigg = create_teacher("bigG-tiny", weights="random")

@@ -5,9 +5,10 @@ batches of rows. An uncompressed Zarr v3 chunk (``format.raw_layout_reason`` say
 exactly the C-order bytes of its rows, so ``RawRows`` maps those files. Anything else goes
 through zarr-python.
 
-Cold reads: a page fault fetches a large row in small synchronous pieces. When reads start
-coming from disk, ``RawRows`` first tells the kernel every row of the batch (``MADV_WILLNEED``),
-so it reads them in parallel, and stops hinting once reads come from the page cache again.
+Cold reads: a page fault on a map fetches a large row in small synchronous pieces. When reads
+come from disk, ``RawRows`` instead tells the kernel every row of the batch up front
+(``POSIX_FADV_WILLNEED``), so it reads them in parallel, and ``pread``s each row into the
+output; once reads come from the page cache again it copies from the maps.
 
 Integrity: each block of ``block_rows`` rows (one item for ragged entries) has a CRC32C. A
 block is checked on the bytes actually read, the first time any process sharing the ``Entry``
@@ -55,10 +56,20 @@ _FIX = "Remove the entry with `featstore rm KEY` and extract it again."
 # (page-cache copies run at several GB/s; a disk read costs tens of microseconds at least).
 _COLD_SECONDS_PER_ROW = 20e-6
 _COLD_SECONDS_PER_BYTE = 1 / 2e9
+_WARM_AFTER_BATCHES = 8  # fast batches in a row before reading from the maps again
 
 
 class RawRows:
-    """Rows of a raw Zarr v3 array, read through memory maps of its chunk files."""
+    """Rows of a raw Zarr v3 array, read from its chunk files in one of two ways.
+
+    Warm (rows in the page cache): copies out of memory maps of the chunk files, the fastest
+    way to read cached bytes (0.95x a numpy array in RAM). Cold (rows on disk): a page fault
+    on a map reads a large row in small synchronous pieces, so the reader first tells the
+    kernel every row of the batch (``POSIX_FADV_WILLNEED``, which starts reading them all at
+    once) and then ``pread``s each row straight into the output, with no page faults and no
+    mapped pages left behind. Which way is chosen per batch from how long the last batch took
+    (``prefetch="auto"``); ``"always"`` keeps the cold way, ``"never"`` the maps.
+    """
 
     def __init__(
         self, array_dir: Path, meta: dict[str, Any], max_open: int = 256, prefetch: str = "auto"
@@ -71,16 +82,26 @@ class RawRows:
         self.chunk_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
         self.chunk_shape = (self.chunk_rows, *self.shape[1:])
         self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
-        self.prefetch = prefetch if hasattr(mmap, "MADV_WILLNEED") else "never"
+        self.chunk_bytes = self.chunk_rows * self.row_bytes
+        self.prefetch = prefetch
         self._max_open = max_open
         # chunk -> (plain ndarray view of its map, the mmap). ndarray indexing skips np.memmap's
-        # per-access overhead; each map holds a file mapping, so at most ``max_open`` stay open.
+        # per-access overhead. A map (and each cold-path file) holds a file descriptor, so at
+        # most ``max_open`` of each stay open; the oldest is dropped first.
         self._maps: dict[int, tuple[np.ndarray, mmap.mmap]] = {}
-        self._cold = True  # until a batch shows otherwise: one batch of hints costs ~0.1 ms
+        self._fds: dict[int, int] = {}
+        self._cold = (
+            True  # until a batch shows the page cache: a warm batch read cold costs ~0.1 ms
+        )
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_maps": {}}
+        return {**self.__dict__, "_maps": {}, "_fds": {}}
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in getattr(self, "_fds", {}).values():
+                os.close(fd)
 
     @property
     def open_maps(self) -> int:
@@ -95,28 +116,41 @@ class RawRows:
         return chunk_file(self.dir, chunk, len(self.shape))
 
     def _fork_check(self) -> None:
-        if self._pid != os.getpid():  # forked into a worker: open this process's own maps
-            self._maps, self._pid = {}, os.getpid()
+        if self._pid != os.getpid():  # forked into a worker: open this process's own files
+            self._maps, self._fds, self._pid = {}, {}, os.getpid()
+
+    def _checked_fd(self, chunk: int) -> int:
+        """A new read-only fd of a chunk file whose size is right (else it is corruption)."""
+        path = self.chunk_path(chunk)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise CorruptChunkError(f"chunk file {path} is missing.") from None
+        size = os.fstat(fd).st_size
+        if size != self.chunk_bytes:
+            os.close(fd)
+            raise CorruptChunkError(
+                f"chunk file {path} has {size} bytes, expected {self.chunk_bytes} "
+                f"(truncated or overwritten)."
+            )
+        return fd
+
+    def _fd(self, chunk: int) -> int:
+        fd = self._fds.get(chunk)
+        if fd is None:
+            if len(self._fds) >= self._max_open:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            fd = self._fds[chunk] = self._checked_fd(chunk)
+        return fd
 
     def _view(self, chunk: int) -> np.ndarray:
         found = self._maps.get(chunk)
         return found[0] if found is not None else self._open(chunk)[0]
 
     def _open(self, chunk: int) -> tuple[np.ndarray, mmap.mmap]:
-        path = self.chunk_path(chunk)
-        expected = int(np.prod(self.chunk_shape)) * self.dtype.itemsize
+        fd = self._checked_fd(chunk)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise CorruptChunkError(f"chunk file {path} is missing.") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size != expected:
-                raise CorruptChunkError(
-                    f"chunk file {path} has {size} bytes, expected {expected} "
-                    f"(truncated or overwritten)."
-                )
-            mm = mmap.mmap(fd, expected, access=mmap.ACCESS_READ)
+            mm = mmap.mmap(fd, self.chunk_bytes, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
         view = np.frombuffer(mm, dtype=self.dtype).reshape(self.chunk_shape)
@@ -125,27 +159,46 @@ class RawRows:
         self._maps[chunk] = (view, mm)
         return view, mm
 
-    # -- read-ahead -----------------------------------------------------------------------------
-    def _advise(self, starts: list[int], stops: list[int]) -> None:
-        """``MADV_WILLNEED`` for each row range: the kernel starts reading them all at once."""
-        page, cr, rb = mmap.PAGESIZE, self.chunk_rows, self.row_bytes
-        for start, stop in zip(starts, stops, strict=True):
-            for c in range(start // cr, (max(stop, start + 1) - 1) // cr + 1):
-                lo = (max(start, c * cr) - c * cr) * rb
-                hi = (min(stop, (c + 1) * cr) - c * cr) * rb
-                found = self._maps.get(c)
-                mm = found[1] if found is not None else self._open(c)[1]
-                aligned = lo - lo % page
-                if hi > aligned:
-                    mm.madvise(mmap.MADV_WILLNEED, aligned, hi - aligned)
-
-    def _hinting(self) -> bool:
+    # -- choosing the way -----------------------------------------------------------------------
+    def _reading_cold(self) -> bool:
+        if not hasattr(os, "preadv"):  # no pread (Windows): maps only
+            return False
         return self.prefetch == "always" or (self.prefetch == "auto" and self._cold)
 
     def _observe(self, rows: int, nbytes: int, seconds: float) -> None:
-        if self.prefetch == "auto":
-            limit = rows * _COLD_SECONDS_PER_ROW + nbytes * _COLD_SECONDS_PER_BYTE
-            self._cold = seconds > limit
+        """One slow batch switches to the cold way; only a run of fast ones switches back, so
+        a store partly in the page cache (most batches hold some rows from disk) stays cold."""
+        if self.prefetch != "auto":
+            return
+        if seconds > rows * _COLD_SECONDS_PER_ROW + nbytes * _COLD_SECONDS_PER_BYTE:
+            self._cold, self._fast_batches = True, 0
+        elif self._cold:
+            self._fast_batches += 1
+            self._cold = self._fast_batches < _WARM_AFTER_BATCHES
+
+    def _segments(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """``(chunk, byte offset in its file, bytes)`` pieces of rows ``[start, stop)``."""
+        cr, rb, out = self.chunk_rows, self.row_bytes, []
+        for c in range(start // cr, (max(stop, start + 1) - 1) // cr + 1):
+            lo, hi = max(start, c * cr) - c * cr, min(stop, (c + 1) * cr) - c * cr
+            if hi > lo:
+                out.append((c, lo * rb, (hi - lo) * rb))
+        return out
+
+    def _pread_into(self, buffers: list[np.ndarray], pieces: list[list[tuple[int, int, int]]]):
+        """Hint every piece to the kernel, then read each into its (flat uint8) buffer."""
+        fadvise = getattr(os, "posix_fadvise", None)
+        if fadvise is not None:
+            for segs in pieces:
+                for c, off, n in segs:
+                    fadvise(self._fd(c), off, n, os.POSIX_FADV_WILLNEED)
+        for buf, segs in zip(buffers, pieces, strict=True):
+            pos = 0
+            for c, off, n in segs:
+                got = os.preadv(self._fd(c), [buf[pos : pos + n]], off)
+                if got != n:
+                    raise CorruptChunkError(f"chunk file {self.chunk_path(c)} is truncated.")
+                pos += n
 
     # -- access ---------------------------------------------------------------------------------
     def rows(self, start: int, stop: int) -> np.ndarray:
@@ -161,20 +214,31 @@ class RawRows:
         ]
         return np.concatenate(parts)
 
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) the way the last batch was read (a view or a new array)."""
+        if not self._reading_cold():
+            return self.rows(start, stop)
+        self._fork_check()
+        out = np.empty((stop - start, *self.shape[1:]), self.dtype)
+        self._pread_into([out.reshape(-1).view(np.uint8)], [self._segments(start, stop)])
+        return out
+
     def take(self, indices: np.ndarray) -> np.ndarray:
         """Rows at ``indices`` (any order, repeats allowed) as a new array."""
         self._fork_check()
         out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
         rows = indices.tolist()
-        t0 = time.perf_counter()  # hints included: the kernel may read inside madvise
-        if self._hinting():
-            self._advise(rows, [r + 1 for r in rows])
-        cr, maps = self.chunk_rows, self._maps
-        for j, i in enumerate(rows):
-            c = i // cr
-            found = maps.get(c)
-            view = found[0] if found is not None else self._open(c)[0]
-            out[j] = view[i - c * cr]
+        t0 = time.perf_counter()
+        if self._reading_cold():
+            flat = out.reshape(len(rows), -1).view(np.uint8)
+            self._pread_into(list(flat), [self._segments(i, i + 1) for i in rows])
+        else:
+            cr, maps = self.chunk_rows, self._maps
+            for j, i in enumerate(rows):
+                c = i // cr
+                found = maps.get(c)
+                view = found[0] if found is not None else self._open(c)[0]
+                out[j] = view[i - c * cr]
         self._observe(len(rows), out.nbytes, time.perf_counter() - t0)
         return out
 
@@ -182,11 +246,14 @@ class RawRows:
         """Row ranges ``[start, stop)`` (ragged items) as new arrays."""
         self._fork_check()
         t0 = time.perf_counter()
-        if self._hinting():
-            self._advise(starts, stops)
-        out = [np.array(self.rows(a, b)) for a, b in zip(starts, stops, strict=True)]
-        nbytes = sum(x.nbytes for x in out)
-        self._observe(len(out), nbytes, time.perf_counter() - t0)
+        ranges = list(zip(starts, stops, strict=True))
+        if self._reading_cold():
+            out = [np.empty((b - a, *self.shape[1:]), self.dtype) for a, b in ranges]
+            flats = [x.reshape(-1).view(np.uint8) for x in out]
+            self._pread_into(flats, [self._segments(a, b) for a, b in ranges])
+        else:
+            out = [np.array(self.rows(a, b)) for a, b in ranges]
+        self._observe(len(out), sum(x.nbytes for x in out), time.perf_counter() - t0)
         return out
 
 
@@ -211,6 +278,8 @@ class ZarrRows:
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         return self._decode(lambda: self.array[start:stop])
+
+    read = rows
 
     def take(self, indices: np.ndarray) -> np.ndarray:
         uniq, inverse = np.unique(indices, return_inverse=True)
@@ -332,7 +401,7 @@ class Entry:
         lo, hi = self.meta.block_rows_range(block)
         if self.ragged:
             lo, hi = int(self.offsets[lo]), int(self.offsets[hi])
-        return self._rows.rows(lo, hi)
+        return self._rows.read(lo, hi)
 
     def _where(self, block: int) -> str:
         lo, hi = self.meta.block_rows_range(block)
