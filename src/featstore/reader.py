@@ -90,9 +90,10 @@ class RawRows:
         # most ``max_open`` of each stay open; the oldest is dropped first.
         self._maps: dict[int, tuple[np.ndarray, mmap.mmap]] = {}
         self._fds: dict[int, int] = {}
-        self._cold = (
-            True  # until a batch shows the page cache: a warm batch read cold costs ~0.1 ms
-        )
+        # Start on the cold way until batches show the page cache (a warm batch read the cold
+        # way costs ~0.1 ms more).
+        self._cold = True
+        self._fast_batches = 0
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
