@@ -614,6 +614,7 @@ def run_ranks(args: argparse.Namespace) -> dict:
     source = data_dir / "images.hdf5"
     make_images(source, n, args.seed)
     runs: dict[int, list[tuple[float, float]]] = {1: [], args.ranks: []}
+    ceiling = [parallel_ceiling(args.ranks)]
     stores = {}
     order = [1, args.ranks] * (args.repeats or 2) + [1]
     load = [os.getloadavg()[0]]
@@ -634,7 +635,7 @@ def run_ranks(args: argparse.Namespace) -> dict:
                 if p.is_file() and p.parent != entry}  # fmt: skip
 
     identical = files(stores[1]) == files(stores[args.ranks])
-    ceiling = parallel_ceiling(args.ranks)
+    ceiling.append(parallel_ceiling(args.ranks))
     engine = {r: statistics.median(n / e for _, e in v) for r, v in runs.items()}
     e2e = {r: statistics.median(n / w for w, _ in v) for r, v in runs.items()}
     speedup = engine[args.ranks] / engine[1]
@@ -651,7 +652,9 @@ def run_ranks(args: argparse.Namespace) -> dict:
     print(
         f"summary: {args.ranks} ranks = {speedup:.2f}x one rank in the engine (goal >= "
         f"{RANKS_GOAL}: {'met' if speedup >= RANKS_GOAL else 'MISSED'}), "
-        f"{e2e[args.ranks] / e2e[1]:.2f}x end to end; stored bytes identical: {identical}"
+        f"{e2e[args.ranks] / e2e[1]:.2f}x end to end; stored bytes identical: {identical}; "
+        f"the CPUs' ceiling (before, after the runs): {args.ranks} single-thread matmul "
+        f"processes side by side did {ceiling[0]:.2f}x, {ceiling[1]:.2f}x the work of one"
     )
     result = {"benchmark": "extract-ranks", "teacher": RANKS_TEACHER, "n": n,
               "runs": {str(k): v for k, v in runs.items()}, "engine_items_per_s": engine,
