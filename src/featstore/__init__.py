@@ -5,7 +5,13 @@
 >>> batch = entry.gather([0, 17, 5])              # zero-copy memory-mapped rows
 """
 
-from .errors import (
+from ._compat import ensure_torchvision_importable
+
+# Before anything imports torchvision (open_clip, transformers, and stage two's models through
+# transformers). Guarded: does nothing when torchvision's compiled ops load (see _compat).
+ensure_torchvision_importable()
+
+from .errors import (  # noqa: E402
     CorruptChunkError,
     EntryLockedError,
     FeatstoreError,
@@ -15,8 +21,8 @@ from .errors import (
     StoreError,
     UnknownTeacherError,
 )
-from .reader import Entry, FeatureDataset, open_entry
-from .store import Store, default_store_root
+from .reader import Entry, FeatureDataset, open_entry  # noqa: E402
+from .store import Store, default_store_root  # noqa: E402
 
 __all__ = [
     "CorruptChunkError",

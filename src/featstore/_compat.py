@@ -6,10 +6,12 @@ fails at import on two unguarded ``register_fake`` calls. featstore needs only t
 pure-Python image transforms, so when (and only when) the compiled ops cannot load, and
 torchvision is not imported yet, we declare those two op schemas so the import succeeds.
 
-Guarded so that it can never affect a working torchvision: nothing happens at ``import
-featstore`` (only when the teacher registry is first used), nothing happens when the ops load,
-and the declared ops raise a clear error naming the cause if anyone calls them (instead of an
-obscure "no kernel" failure).
+Guarded so that it can never affect a working torchvision: nothing happens when the compiled
+ops load or when torchvision was imported before featstore, and the declared ops raise a clear
+error naming the cause if anyone calls them (instead of an obscure "no kernel" failure; the
+``torchvision.ops`` wrappers already refuse with torchvision's own message). It runs at ``import
+featstore`` because other code that imports featstore first (stage two's models through
+transformers) relies on the import succeeding.
 """
 
 from __future__ import annotations
