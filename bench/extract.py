@@ -47,6 +47,7 @@ How to run
     python bench/extract.py --n 64 --num-workers 0  # quicker; load in the main process
     python bench/extract.py --teacher vitb32-text   # one registered teacher, preset batch
     python bench/extract.py --all-issue4            # the issue-4 teachers in sequence, < 10 min
+    python bench/extract.py --ranks 2               # torchrun, 2 ranks x 1 thread vs 1 x 1
 
     Data goes to ``--workdir`` (default ``bench/out/``, git-ignored); results are printed as
     markdown tables and written to ``<workdir>/extract.json`` (default teacher),
@@ -149,6 +150,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--teacher",
         default=None,
         help="registered teacher (random weights); default: the open_clip --arch vision tower",
+    )
+    what.add_argument(
+        "--ranks",
+        type=int,
+        default=None,
+        help="multi-rank mode: the same extraction by torchrun with this many ranks vs one "
+        "process, one thread each (see RANKS below)",
     )
     what.add_argument(
         "--all-issue4",
@@ -542,8 +550,126 @@ def print_summary(records: list[dict]) -> None:
         )
 
 
+# -- multi-rank mode ----------------------------------------------------------------------------
+RANKS_TEACHER = "vitb32-image"  # the real ViT-B/32 architecture, random weights
+RANKS_GOAL = 1.8
+
+
+def _featstore_run(n_ranks: int, source: Path, store: Path, args) -> tuple[float, float, str]:
+    """One `featstore extract` (torchrun for n_ranks > 1), one thread per process; returns
+    (wall seconds of the command, the engine's seconds from its summary line, output)."""
+    import re
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launcher = [sys.executable, "-m", "featstore"] if n_ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+        str(n_ranks), "-m", "featstore"]  # fmt: skip
+    cmd = [*launcher, "extract", "-t", RANKS_TEACHER, "-s", str(source), "--weights", "random",
+           "-b", str(args.batch or 16), "--chunk-rows", str(args.batch or 16),
+           "--num-workers", "0", "--store", str(store), "-q"]  # fmt: skip
+    shutil.rmtree(store, ignore_errors=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"featstore failed:\n{proc.stdout}\n{proc.stderr}")
+    found = re.search(r"extracted \d+ items in ([\d.]+) s", proc.stdout)
+    return wall, float(found.group(1)), proc.stdout
+
+
+MATMUL = """
+import time, torch
+torch.set_num_threads(1)
+a, b = torch.randn(512, 512), torch.randn(512, 512)
+t, n = time.perf_counter(), 0
+while time.perf_counter() - t < 4:
+    a @ b
+    n += 1
+print(n / (time.perf_counter() - t))
+"""
+
+
+def parallel_ceiling(n: int) -> float:
+    """How many single-thread processes' worth of compute ``n`` concurrent processes get now
+    (1 = no gain from running them side by side): the ceiling for an ``n``-rank speed-up."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def rates(k: int) -> list[float]:
+        procs = [subprocess.Popen([sys.executable, "-c", MATMUL], stdout=subprocess.PIPE,
+                                  text=True, env=env) for _ in range(k)]  # fmt: skip
+        return [float(p.communicate()[0]) for p in procs]
+
+    solo = rates(1)[0]
+    return sum(rates(n)) / solo
+
+
+def run_ranks(args: argparse.Namespace) -> dict:
+    """N ranks x 1 thread vs 1 rank x 1 thread, same entry, interleaved 1, N, 1, N, 1; the
+    stored bytes must be identical."""
+    n = args.n or 96
+    data_dir = args.workdir / "extract_ranks_data"
+    source = data_dir / "images.hdf5"
+    make_images(source, n, args.seed)
+    runs: dict[int, list[tuple[float, float]]] = {1: [], args.ranks: []}
+    ceiling = [parallel_ceiling(args.ranks)]
+    stores = {}
+    order = [1, args.ranks] * (args.repeats or 2) + [1]
+    load = [os.getloadavg()[0]]
+    for i, ranks in enumerate(order):
+        stores[ranks] = data_dir / f"store-{ranks}"
+        wall, engine, _ = _featstore_run(ranks, source, stores[ranks], args)
+        runs[ranks].append((wall, engine))
+        load.append(os.getloadavg()[0])
+        print(
+            f"run {i + 1}/{len(order)}: {ranks} rank(s): {n / engine:.2f} items/s in the "
+            f"engine, {wall:.1f} s end to end (load {load[-1]:.2f})",
+            flush=True,
+        )
+
+    def files(store: Path) -> dict[str, bytes]:
+        (entry,) = [p for p in store.iterdir() if p.is_dir() and not p.name.startswith("_")]
+        return {str(p.relative_to(entry)): p.read_bytes() for p in sorted(entry.rglob("*"))
+                if p.is_file() and p.parent != entry}  # fmt: skip
+
+    identical = files(stores[1]) == files(stores[args.ranks])
+    ceiling.append(parallel_ceiling(args.ranks))
+    engine = {r: statistics.median(n / e for _, e in v) for r, v in runs.items()}
+    e2e = {r: statistics.median(n / w for w, _ in v) for r, v in runs.items()}
+    speedup = engine[args.ranks] / engine[1]
+    print()
+    print(f"{RANKS_TEACHER} (random weights) over {n} images, batch {args.batch or 16}, one "
+          f"thread per process, {os.cpu_count()} CPUs, load average {min(load):.2f}-"
+          f"{max(load):.2f}")  # fmt: skip
+    print()
+    print("| ranks | engine items/s (median) | end to end items/s (incl. start-up) |")
+    print("|---:|---:|---:|")
+    for r in (1, args.ranks):
+        print(f"| {r} | {engine[r]:.2f} | {e2e[r]:.2f} |")
+    print()
+    print(
+        f"summary: {args.ranks} ranks = {speedup:.2f}x one rank in the engine (goal >= "
+        f"{RANKS_GOAL}: {'met' if speedup >= RANKS_GOAL else 'MISSED'}), "
+        f"{e2e[args.ranks] / e2e[1]:.2f}x end to end; stored bytes identical: {identical}; "
+        f"the CPUs' ceiling (before, after the runs): {args.ranks} single-thread matmul "
+        f"processes side by side did {ceiling[0]:.2f}x, {ceiling[1]:.2f}x the work of one"
+    )
+    result = {"benchmark": "extract-ranks", "teacher": RANKS_TEACHER, "n": n,
+              "runs": {str(k): v for k, v in runs.items()}, "engine_items_per_s": engine,
+              "end_to_end_items_per_s": e2e, "speedup": speedup, "identical": identical,
+              "parallel_ceiling": ceiling, "loadavg": load}  # fmt: skip
+    out = args.workdir / "extract-ranks.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"results written to {out}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.ranks:
+        return run_ranks(args)
     t_start = time.perf_counter()
     if args.all_issue4:
         names = [args.audio_teacher if n == "qwen-audio-tiny" else n for n in ISSUE4]

@@ -66,7 +66,9 @@ def extract(
     ),
     store: Path = StoreOpt,
     weights: str = typer.Option(
-        "pretrained", help="pretrained (default), random, or a checkpoint path."
+        None,
+        help="pretrained, random, or a checkpoint path (transformers teachers: also a hub repo "
+        "id) [default: pretrained; random for the *-tiny teachers].",
     ),
     output: list[str] = typer.Option(
         None, "--output", "-o", help="Output kind(s) to store [default: the teacher's first]."
@@ -101,60 +103,73 @@ def extract(
         "images_root=/data/THINGS; see docs/sources.md.",
     ),
     seed: int = typer.Option(0, help="Seed for --weights random."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    allow_nonfinite: bool = typer.Option(
+        False, help="Store NaN/inf outputs instead of stopping with an error naming the items."
+    ),
+    rehash: bool = typer.Option(
+        False, help="Hash the source again even where the digest memo knows it unchanged."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
-    """Extract a teacher's outputs over a source (a no-op if the entry is complete; resumes if not)."""  # noqa: E501
+    """Extract a teacher's outputs over a source (a no-op if the entry is complete; resumes if not).
+
+    Under torchrun (torchrun --nproc-per-node N -m featstore extract ...) the ranks share the
+    entry's chunks; see docs/quickstart.md.
+    """
+    from featstore.extract import ExtractOptions
     from featstore.extract import extract as run_extract
     from featstore.sources import detect_kind, open_source
     from featstore.teachers import create_teacher, get_spec
 
+    options = ExtractOptions.from_kwargs(
+        outputs=output or None, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
+        device=device, precision=precision, chunk_rows=chunk_rows, compression=compression,
+        normalize=normalize, allow_nonfinite=allow_nonfinite, rehash=rehash, progress=not quiet,
+    )  # fmt: skip
+    options.check()  # every option before anything is loaded or created
     get_spec(teacher)  # unknown names fail before anything is loaded
     kind = source_kind or detect_kind(source)
-    options = {}
+    source_options = {}
     if kind == "text-list":
-        options = {"id_field": id_field, "text_field": text_field}
-    options.update(_key_values(source_option, "--source-option"))
-    src = open_source(source, kind=kind, ids=ids, row_range=row_range, **options)
+        source_options = {"id_field": id_field, "text_field": text_field}
+    source_options.update(_key_values(source_option, "--source-option"))
+    src = open_source(source, kind=kind, ids=ids, row_range=row_range, **source_options)
     teacher_options = {"weights": weights, "seed": seed,
                        **_key_values(teacher_option, "--teacher-option")}  # fmt: skip
     if preprocessing:
         teacher_options["preprocessing"] = preprocessing
     model = create_teacher(teacher, **teacher_options)
-    st = _store(store)
-    result = run_extract(
-        model, src, st, outputs=output or None, dtype=dtype, batch_size=batch_size,
-        num_workers=num_workers, device=device, precision=precision, chunk_rows=chunk_rows,
-        compression=compression, normalize=normalize, progress=not quiet, log=typer.echo,
-    )  # fmt: skip
-    for e in result.entries:
-        typer.echo(f"{e.status:>9}  {e.key}  {teacher}/{e.output}  n={e.n_rows}  {e.path}")
+    options.check_pairing(model, src)
+    result = run_extract(model, src, _store(store), options, log=typer.echo)
+    if result.ranks == 1 or _is_rank_zero():
+        for e in result.entries:
+            typer.echo(f"{e.status:>9}  {e.key}  {teacher}/{e.output}  n={e.n_rows}  {e.path}")
+
+
+def _is_rank_zero() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 @app.command("ls")
 @handle_errors
 def list_entries(store: Path = StoreOpt) -> None:
-    """List the entries in the store."""
+    """List the entries in the store (damaged ones too, marked as such)."""
     st = _store(store)
     entries = st.entries()
     if not entries:
         typer.echo(f"no entries in {st.root}")
         return
     header = ("KEY", "TEACHER", "OUTPUT", "SOURCE", "N", "SHAPE", "DTYPE", "SIZE", "COMPLETE")
-    rows = []
-    for e in entries:
-        m = e.manifest
-        shape = ("T", *m["row_shape"]) if m["layout"] == "ragged" else m["row_shape"]
-        src = m.get("source", {})
-        rows.append((
-            e.key, m.get("teacher", "?"), m.get("output", "?"),
-            f"{src.get('kind', '?')}:{Path(src.get('path', '?')).name}", str(m["n_rows"]),
-            "[" + ",".join(map(str, shape)) + "]", m["dtype"], human_bytes(e.size_bytes()),
-            "yes" if e.complete else "no",
-        ))  # fmt: skip
+    rows = [(e.key, *e.listing(), human_bytes(e.size_bytes()), e.state) for e in entries]
+    damaged = [e for e in entries if e.meta is None]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     typer.echo(f"{len(entries)} entries in {st.root}")
+    for e in damaged:
+        typer.echo(f"{e.key}: {e.problem}", err=True)
 
 
 @app.command()
@@ -163,9 +178,10 @@ def info(key: str = typer.Argument(..., help="Key, unique key prefix, or entry p
          store: Path = StoreOpt) -> None:  # fmt: skip
     """Show an entry's manifest: key inputs, shapes, provenance."""
     entry = _store(store).resolve(key)
-    m = dict(entry.manifest)
-    checksums = m.pop("checksums", [])
-    m["checksums"] = f"{len(checksums)} chunk checksums (CRC32)"
+    entry.require_readable()
+    m = entry.manifest
+    sums = m.pop("array_checksums", {})
+    m["array_checksums"] = f"{len(sums)} arrays (CRC32C)"
     m["size"] = human_bytes(entry.size_bytes())
     m["path"] = str(entry.path)
     typer.echo(json.dumps(m, indent=2, default=str))
@@ -175,18 +191,27 @@ def info(key: str = typer.Argument(..., help="Key, unique key prefix, or entry p
 @handle_errors
 def verify(key: str = typer.Argument(..., help="Key, unique key prefix, or entry path."),
            store: Path = StoreOpt) -> None:  # fmt: skip
-    """Recompute every chunk checksum; name the bad chunks and exit 1 if any."""
-    from featstore.errors import CorruptChunkError
-    from featstore.reader import Entry
+    """Check everything: metadata, ids, columns, offsets and every block of every chunk against
+    its checksum. Names each problem and exits 1 if there is any."""
+    from featstore.errors import CorruptChunkError, StoreError
+    from featstore.verify import verify_entry
 
-    entry = Entry(_store(store).resolve(key).path, verify=False)
-    bad = entry.verify_all()
-    n = len(entry.manifest["checksums"])
-    if bad:
-        for message in bad:
+    entry = _store(store).resolve(key)
+    report = verify_entry(entry.path)
+    if report.incomplete:
+        raise StoreError(report.problems[0])
+    if not report.ok:
+        for message in report.problems:
             typer.secho(message, fg=typer.colors.RED, err=True)
-        raise CorruptChunkError(f"{len(bad)} of {n} chunks of {entry.key} are corrupt.")
-    typer.echo(f"ok: all {n} chunks of {entry.key} match their checksums.")
+        others = len(report.problems) - report.bad_chunks
+        parts = [f"{report.bad_chunks} of {report.n_chunks} chunks"] if report.bad_chunks else []
+        parts += [f"{others} other problem{'s' if others > 1 else ''}"] if others else []
+        raise CorruptChunkError(f"entry {entry.key} is damaged: {' and '.join(parts)}.")
+    chunks = f"{report.n_chunks} chunk{'s' if report.n_chunks != 1 else ''}"
+    typer.echo(
+        f"ok: all {report.n_blocks} blocks in {chunks} of {entry.key} match their checksums, "
+        f"and so do its ids, columns, offsets and metadata."
+    )
 
 
 @app.command()
@@ -200,6 +225,52 @@ def rm(keys: list[str] = typer.Argument(..., help="Keys, unique key prefixes, or
         typer.echo(
             f"removed {entry.key} ({entry.manifest.get('teacher')}/{entry.manifest.get('output')})"
         )
+
+
+@app.command()
+@handle_errors
+def migrate(
+    keys: list[str] = typer.Argument(None, help="Keys, unique key prefixes, or entry paths."),
+    every: bool = typer.Option(False, "--all", help="Every entry in an older store format."),
+    store: Path = StoreOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Upgrade entries written in an older store format in place (checks every chunk; no
+    teacher runs). Readers refuse such entries until they are migrated."""
+    from featstore.errors import FeatstoreError
+    from featstore.migrate import migrate_entry
+
+    st = _store(store)
+    if every:
+        keys = [e.key for e in st.entries() if e.manifest.get("format_version") == 1]
+    if not keys:
+        raise FeatstoreError("name the entries to migrate, or pass --all.")
+    for key in keys:
+        typer.echo(migrate_entry(st, key, progress=not quiet, log=typer.echo))
+
+
+@app.command()
+@handle_errors
+def export(
+    key: str = typer.Argument(..., help="Key, unique key prefix, or entry path."),
+    out: Path = typer.Option(..., "--out", help="Output folder (must not exist or be empty)."),
+    fmt: str = typer.Option(
+        "npy", "--format", help="npy: .npy shards + parquet metadata; parquet: one table."
+    ),
+    shard_rows: int = typer.Option(None, help="Rows per shard [default: ~1 GiB shards]."),
+    dtype: str = typer.Option(None, help="float16 or float32 [default: as stored]."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+    store: Path = StoreOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Export an entry for retrieval tools: embeddings as .npy shards (or parquet) plus ids and
+    metadata as parquet, the layout clip-retrieval and autofaiss index directly."""
+    from featstore.export import export_entry
+    from featstore.reader import open_entry
+
+    entry = open_entry(key, store=_store(store))
+    export_entry(entry, out, fmt, shard_rows, dtype, overwrite, progress=not quiet,
+                 log=typer.echo)  # fmt: skip
 
 
 @app.command()

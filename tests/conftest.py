@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# No test touches the user's real cache: featstore's bundled tokenizer files (and any library
+# cache under XDG_CACHE_HOME) go to a temporary folder for this session.
+_CACHE = tempfile.mkdtemp(prefix="pytest-xdg-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import featstore  # noqa: E402,F401  (applies the torchvision import fix first)
+import featstore.teachers  # noqa: E402,F401  (applies the torchvision import fix first)
 from featstore.store import Store  # noqa: E402
 from featstore.teachers import create_teacher  # noqa: E402
 

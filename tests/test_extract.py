@@ -121,13 +121,15 @@ def test_entry_is_plain_zarr_v3(nsd_hdf5, store, bigg_tiny):
     entry = open_entry(result.entries[0].key, store)
     group = zarr.open_group(str(entry.path), mode="r")  # no featstore code involved
     assert group.metadata.zarr_format == 3
-    assert set(group.array_keys()) == {"features", "ids"}
+    assert set(group.array_keys()) == {"features", "ids", "checksums"}
     np.testing.assert_array_equal(group["features"][:], entry.gather(np.arange(20)))
     assert group["features"].chunks == (8, 256, 64)
     meta = json.loads((entry.path / "features" / "zarr.json").read_text())
     assert meta["codecs"] == [{"name": "bytes", "configuration": {"endian": "little"}}]
     manifest = group.attrs["featstore"]
-    assert manifest["complete"] is True and len(manifest["checksums"]) == 3
+    assert manifest["complete"] is True and manifest["format_version"] == 2
+    # rows of 32 KiB: checksum blocks of 2 rows (about 64 KiB, dividing the 8-row chunks)
+    assert manifest["block_rows"] == 2 and group["checksums"].shape == (10,)
     assert manifest["key_inputs"]["teacher"] == "bigG-tiny"
     assert manifest["provenance"]["versions"]["torch"] == torch.__version__
     assert manifest["source"] == {"kind": "nsd-images", "path": str(nsd_hdf5), "n": 20}
@@ -283,5 +285,5 @@ def test_local_hf_copy_is_loaded_and_keyed_by_content(captions, tmp_path, store,
 def test_text_teacher_rejects_image_preprocessing():
     from featstore.errors import FeatstoreError
 
-    with pytest.raises(FeatstoreError, match="takes no --preprocessing"):
+    with pytest.raises(FeatstoreError, match="takes no option 'preprocessing'"):
         create_teacher("clip-l-text-tiny", weights="random", preprocessing="mindeye")

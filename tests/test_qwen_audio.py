@@ -24,7 +24,7 @@ from featstore.errors import FeatstoreError, SourceError
 from featstore.extract import entry_keys, extract
 from featstore.sources import open_source
 from featstore.store import Store
-from featstore.teachers import create_teacher, get_spec, teacher_outputs
+from featstore.teachers import create_teacher, get_spec, resolve_weights, teacher_outputs
 from featstore.teachers import qwen_audio as qa
 from featstore.teachers.base import TeacherSpec
 
@@ -220,10 +220,29 @@ def test_options_are_checked():
         create_teacher("qwen-audio-tiny", weights="random", tts_noise="loud")
     with pytest.raises(FeatstoreError, match="no option 'speed'"):
         create_teacher("qwen-audio-tiny", weights="random", speed=2)
-    with pytest.raises(FeatstoreError, match="no --preprocessing"):
+    with pytest.raises(FeatstoreError, match="no option 'preprocessing'"):
         create_teacher("qwen-audio-tiny", weights="random", preprocessing="mindeye")
     with pytest.raises(FeatstoreError, match="no pretrained weights"):
-        create_teacher("qwen-audio-tiny")
+        create_teacher("qwen-audio-tiny", weights="pretrained")
+    with pytest.raises(FeatstoreError, match="unknown text_normalizer 'roman'"):
+        create_teacher("qwen-audio-tiny", text_normalizer="roman")
+    assert create_teacher("qwen-audio-tiny").weights["encoder"]["kind"] == "random"
+
+
+def test_digits_need_the_numbers_normalizer(tmp_path):
+    path = tmp_path / "digits.jsonl"
+    path.write_text(json.dumps({"id": 0, "text": "object number 0"}) + "\n")
+    with pytest.raises(SourceError, match="text_normalizer=numbers"):
+        run(create_teacher("qwen-audio-tiny"), path, tmp_path / "a", outputs=["pooled"])
+    spoken = run(create_teacher("qwen-audio-tiny", text_normalizer="numbers"), path,
+                 tmp_path / "b", outputs=["pooled"]).entries[0]  # fmt: skip
+    words = tmp_path / "words.jsonl"
+    words.write_text(json.dumps({"id": 0, "text": "object number zero"}) + "\n")
+    plain = run(create_teacher("qwen-audio-tiny"), words, tmp_path / "c", outputs=["pooled"])
+    assert spoken.key != plain.entries[0].key  # the normalizer is part of the key
+    a = open_entry(spoken.key, Store(tmp_path / "b"))[0]
+    b = open_entry(plain.entries[0].key, Store(tmp_path / "c"))[0]
+    np.testing.assert_array_equal(a, b)  # ... and speaks the same words
 
 
 def _tiny_tower_state(prefix: str = "audio_tower.") -> dict[str, torch.Tensor]:
@@ -278,7 +297,7 @@ def test_checkpoints_without_an_audio_tower_are_refused(tmp_path):
     (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     with pytest.raises(FeatstoreError, match="no audio_config"):
         create_teacher("qwen-audio-tiny", weights=str(tmp_path / "plain"))
-    with pytest.raises(FeatstoreError, match="cannot load"):
+    with pytest.raises(FeatstoreError, match="neither 'pretrained', 'random' nor a checkpoint"):
         create_teacher("qwen-audio-tiny", weights=str(tmp_path / "missing"))
 
 
@@ -295,6 +314,6 @@ def test_hub_checkpoint_fetches_only_tower_shards_from_the_offline_cache(tmp_pat
     spec = get_spec("qwen-audio-tiny")
     spec = TeacherSpec("qwen-audio-fake", spec.family, spec.modality, spec.description,
                        {**spec.config, "repo": "Qwen/Fake-Audio"})  # fmt: skip
-    teacher = qa.build(spec)
+    teacher = qa.QwenAudioTeacher(spec, resolve_weights(spec, None, 0, hub_ids=True))
     assert teacher.weights["encoder"] == {"kind": "pretrained", "repo": "Qwen/Fake-Audio",
                                           "revision": commit}  # fmt: skip

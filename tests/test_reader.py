@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from featstore import CorruptChunkError, open_entry
-from featstore.errors import StoreError
+from featstore.errors import FeatstoreError, StoreError
 from featstore.extract import extract
 from featstore.sources import open_source
 from featstore.teachers.base import OutputSpec, Preprocessor, Teacher, TeacherSpec
@@ -72,11 +72,42 @@ def test_gather_row_and_id_access(tokens_entry):
         e.gather([20])
 
 
+def test_missing_ids_and_columns_are_typed_errors_and_key_errors(tokens_entry):
+    from featstore.errors import FeatstoreError, MissingIdsError, NoSuchColumnError
+
+    with pytest.raises(MissingIdsError) as missing:
+        tokens_entry.positions([3, 99])
+    assert isinstance(missing.value, FeatstoreError) and isinstance(missing.value, KeyError)
+    assert str(missing.value).startswith("1 of 2 ids are not in entry")  # unquoted message
+    with pytest.raises(NoSuchColumnError) as column:
+        tokens_entry.column("split")
+    assert isinstance(column.value, FeatstoreError) and isinstance(column.value, KeyError)
+    assert "has no column 'split' (columns: none)" in str(column.value)
+
+
 def test_memmap_and_zarr_paths_agree(tokens_entry):
     slow = open_entry(str(tokens_entry.path), zero_copy=False)
     assert not slow.zero_copy
     rows = np.array([19, 0, 8, 8, 15])
     np.testing.assert_array_equal(tokens_entry.gather(rows), slow.gather(rows))
+
+
+def test_cold_and_warm_read_paths_agree(tokens_entry, captions, store):
+    """prefetch="always" reads with fadvise + pread, "never" from memory maps: same rows."""
+    cold = open_entry(str(tokens_entry.path), prefetch="always")
+    warm = open_entry(str(tokens_entry.path), prefetch="never")
+    rows = np.array([19, 0, 8, 8, 15])
+    np.testing.assert_array_equal(cold.gather(rows), warm.gather(rows))
+    assert not cold._rows.open_maps and warm._rows.open_maps  # the cold path maps nothing
+    key = run(WordVectors(), open_source(captions), store, dtype="float32", chunk_rows=3,
+              batch_size=2).entries[0].key  # fmt: skip
+    items = [6, 0, 3]
+    cold_items = open_entry(key, store, prefetch="always").gather(items)
+    warm_items = open_entry(key, store, prefetch="never").gather(items)
+    for a, b in zip(cold_items, warm_items, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FeatstoreError, match="prefetch 'sometimes' unknown"):
+        open_entry(str(tokens_entry.path), prefetch="sometimes")
 
 
 def test_dataset_in_dataloader_workers(tokens_entry):
@@ -160,7 +191,7 @@ def test_ragged_resume_after_interrupt(captions, store, monkeypatch):
 def test_incomplete_entry_is_never_served(nsd_hdf5, store, bigg_tiny, monkeypatch):
     from featstore import writer
 
-    monkeypatch.setattr(writer.EntryWriter, "finalize", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(writer.EntryWriter, "finish", lambda *a, **k: (_ for _ in ()).throw(
         KeyboardInterrupt))  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         run(bigg_tiny, open_source(nsd_hdf5), store)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -178,41 +177,3 @@ def test_interrupt_keeps_committed_chunks_and_releases_lock(nsd_hdf5, store, big
     result = extract(bigg_tiny, open_source(nsd_hdf5), store, chunk_rows=4, batch_size=4,
                      num_workers=0, progress=False, log=lambda *_: None)  # fmt: skip
     assert result.entries[0].status == "resumed" and result.items_computed == 20 - 8
-
-
-def test_stale_lock_of_dead_process_is_taken_over(nsd_hdf5, store, bigg_tiny):
-    from featstore.extract import entry_keys
-
-    key = entry_keys(bigg_tiny, open_source(nsd_hdf5), ["tokens"], "float16")["tokens"][0]
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
-    lock = store.root / "_locks" / f"{key}.lock"
-    lock.parent.mkdir(parents=True)
-    import socket
-
-    lock.write_text(json.dumps({"pid": int(dead), "host": socket.gethostname(), "since": 0}))
-    result = extract(bigg_tiny, open_source(nsd_hdf5), store, num_workers=0, progress=False,
-                     log=lambda *_: None)  # fmt: skip
-    assert result.entries[0].status == "extracted" and not lock.exists()
-
-
-def test_concurrent_writer_gets_a_clear_error(nsd_hdf5, store, bigg_tiny):
-    from featstore.errors import EntryLockedError
-    from featstore.extract import entry_keys
-
-    key = entry_keys(bigg_tiny, open_source(nsd_hdf5), ["tokens"], "float16")["tokens"][0]
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                              stdin=subprocess.PIPE)  # fmt: skip
-    try:
-        import socket
-
-        lock = store.root / "_locks" / f"{key}.lock"
-        lock.parent.mkdir(parents=True)
-        lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "since": 0}))
-        with pytest.raises(EntryLockedError, match=f"pid {holder.pid}"):
-            extract(bigg_tiny, open_source(nsd_hdf5), store, num_workers=0, progress=False,
-                    log=lambda *_: None)  # fmt: skip
-        assert not store.entry_path(key).exists()  # nothing written by the loser
-    finally:
-        holder.communicate(b"")
-    assert os.path.exists(lock)  # the loser never removes someone else's lock

@@ -7,12 +7,16 @@
 
 from ._compat import ensure_torchvision_importable
 
+# Before anything imports torchvision (open_clip, transformers, and stage two's models through
+# transformers). Guarded: does nothing when torchvision's compiled ops load (see _compat).
 ensure_torchvision_importable()
 
 from .errors import (  # noqa: E402
     CorruptChunkError,
     EntryLockedError,
     FeatstoreError,
+    MissingIdsError,
+    NoSuchColumnError,
     SourceError,
     StoreError,
     UnknownTeacherError,
@@ -26,6 +30,8 @@ __all__ = [
     "EntryLockedError",
     "FeatstoreError",
     "FeatureDataset",
+    "MissingIdsError",
+    "NoSuchColumnError",
     "SourceError",
     "Store",
     "StoreError",

@@ -27,3 +27,22 @@ class EntryLockedError(StoreError):
 
 class CorruptChunkError(StoreError):
     """A chunk's bytes do not match the checksum recorded when it was committed."""
+
+
+class LookupFeatstoreError(FeatstoreError, KeyError):
+    """A lookup by a user-given name or id that found nothing.
+
+    Also a ``KeyError``, so callers that catch ``KeyError`` keep working; printed as the plain
+    message (``KeyError`` alone would quote it).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingIdsError(LookupFeatstoreError):
+    """Ids asked for that have no row in the entry."""
+
+
+class NoSuchColumnError(LookupFeatstoreError):
+    """A metadata column the entry does not have."""

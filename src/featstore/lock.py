@@ -1,7 +1,21 @@
-"""One writer per cache entry: an exclusive lock file that names its owner."""
+"""One writer per cache entry: an OS lock (``flock``) on a lock file that names its owner.
+
+The kernel holds the lock for the open file and drops it when the holder exits, however it
+exits (kill -9 included), so a dead writer's lock is free at once, a live one's never is, and
+two processes can never both hold it: no pid checks, no takeover races. The file's content
+(pid, host, start time) only names the owner in messages.
+
+Releasing deletes the file while still holding the lock. A process that opened the file just
+before may then lock the deleted file, so after locking, ``acquire`` checks that the path still
+names the file it locked and otherwise starts again.
+
+On NFS the Linux client emulates ``flock`` with POSIX byte-range locks through the server's lock
+manager (NFSv4, or v3 with lockd); see docs/store-format.md#locking for the caveats.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -10,71 +24,100 @@ from pathlib import Path
 
 from .errors import EntryLockedError, StoreError
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; featstore's stores are POSIX-only for writing
+    fcntl = None  # type: ignore[assignment]
 
 
 class EntryLock:
-    """``O_EXCL`` lock file holding the owner's pid, host and start time.
+    """An exclusive, non-blocking lock on ``path``; usable as a context manager."""
 
-    A lock left by a process that died on this host is taken over (and said so); a lock held by a
-    live process, or by another host, is an error naming the owner. Later, ranks under torchrun
-    will each hold their own lock file (``<key>.rank<r>.lock``) over disjoint chunks.
-    """
+    def __init__(self, path: Path, what: str, doing: str = "written"):
+        self.path = Path(path)
+        self.what, self.doing = what, doing
+        self.took_over_from: dict | None = None  # the owner a dead writer left in the file
+        self._fd: int | None = None
 
-    def __init__(self, path: Path, what: str):
-        self.path = path
-        self.what = what
-        self.took_over_from: dict | None = None
-        self._held = False
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def owner(self) -> dict | None:
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
+            found = json.loads(self.path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None
+        return found if isinstance(found, dict) else None
+
+    def _locked_error(self, owner: dict | None) -> EntryLockedError:
+        owner = owner or {}
+        since = owner.get("since")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(
+            since, (int, float)) else "?"  # fmt: skip
+        return EntryLockedError(
+            f"{self.what} is being {self.doing} by pid {owner.get('pid', '?')} on host "
+            f"{owner.get('host', '?')} (since {when}). Wait for it to finish; the lock is freed "
+            f"when that process exits ({self.path})."
+        )
 
     def acquire(self) -> EntryLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self.owner() or {}
-                same_host = owner.get("host") == me["host"]
-                if same_host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
-                    self.took_over_from = owner
-                    self.path.unlink(missing_ok=True)
-                    continue
-                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("since", 0)))
-                raise EntryLockedError(
-                    f"{self.what} is being written by pid {owner.get('pid', '?')} on host "
-                    f"{owner.get('host', '?')} (since {since}). Wait for it to finish, or if that "
-                    f"process is gone, remove the lock file {self.path}."
-                ) from None
-            except PermissionError as e:
-                raise StoreError(
-                    f"cannot create a lock in {self.path.parent}: {e.strerror}. Choose a writable "
-                    f"store with --store or FEATSTORE_DIR."
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self._held = True
+        if fcntl is None:
+            raise StoreError("writing a store needs POSIX file locks (Linux or macOS).")
+        if self._fd is not None:
             return self
-        raise EntryLockedError(f"could not take the lock {self.path}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create {self.path.parent}: {e.strerror}. Choose a writable "
+                             f"store with --store or FEATSTORE_DIR.") from None  # fmt: skip
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise StoreError(
+                    f"cannot create the lock {self.path}: {e.strerror}. Choose a writable store "
+                    f"with --store or FEATSTORE_DIR."
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise self._locked_error(self.owner()) from None
+                raise StoreError(
+                    f"the file system of {self.path.parent} does not support file locks "
+                    f"({e.strerror}). Mount it with lock support (NFS: lockd/NFSv4; Lustre: "
+                    f"-o flock) or use a local --store."
+                ) from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # we locked a file its holder had just deleted: try the new one
+        self._fd = fd
+        previous = self.owner()
+        if previous and previous.get("pid") is not None:
+            self.took_over_from = previous  # its holder died without releasing
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        return self
 
     def release(self) -> None:
-        if self._held:
-            self.path.unlink(missing_ok=True)
-            self._held = False
+        """Delete the lock file (only if it is still ours) and drop the lock."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> EntryLock:
         return self.acquire()

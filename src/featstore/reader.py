@@ -1,159 +1,260 @@
 """Reading cache entries for training: zero-copy memory maps over raw Zarr chunk files.
 
 zarr-python costs milliseconds per request (see docs/benchmarks.md), far too slow for random
-batches of rows. An uncompressed Zarr v3 chunk (codecs ``[bytes little-endian]``, regular grid,
-default ``/`` chunk keys, chunks spanning whole rows) is exactly the C-order bytes of its rows,
-so ``RawRows`` maps those files with ``np.memmap``. Anything else goes through zarr-python.
+batches of rows. An uncompressed Zarr v3 chunk (``format.raw_layout_reason`` says when) is
+exactly the C-order bytes of its rows, so ``RawRows`` maps those files. Anything else goes
+through zarr-python.
 
-Each commit unit's CRC32 is checked the first time a process touches it; a mismatch raises
-``CorruptChunkError`` naming the chunk. Readers are safe in DataLoader workers: maps are opened
-lazily per process and never pickled.
+Cold reads: a page fault on a map fetches a large row in small synchronous pieces. When reads
+come from disk, ``RawRows`` instead tells the kernel every row of the batch up front
+(``POSIX_FADV_WILLNEED``), so it reads them in parallel, and ``pread``s each row into the
+output; once reads come from the page cache again it copies from the maps.
+
+Integrity: each block of ``block_rows`` rows (one item for ragged entries) has a CRC32C. A
+block is checked on the bytes actually read, the first time any process sharing the ``Entry``
+reads it (DataLoader workers forked from it share one verified-flags map), so a cold epoch reads
+each byte once. ``verify_all`` (``featstore verify``) is the full check.
 """
 
 from __future__ import annotations
 
-import json
+import mmap
 import os
-import zlib
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from .errors import CorruptChunkError, StoreError
-from .store import Store, read_manifest
-from .writer import chunk_file
+from .arrays import read_checked, read_vector
+from .errors import (
+    CorruptChunkError,
+    FeatstoreError,
+    MissingIdsError,
+    NoSuchColumnError,
+    StoreError,
+)
+from .format import (
+    CHECKSUMS,
+    IDS,
+    OFFSETS,
+    FormatError,
+    Manifest,
+    chunk_file,
+    column_path,
+    load_manifest,
+    raw_layout_reason,
+    read_array_meta,
+)
+from .integrity import crc32c, crc_hex
+from .store import Store
 
-_RAW_DTYPES = {
-    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-    "float16", "float32", "float64",
-}  # fmt: skip
-
-
-def raw_layout_reason(meta: dict[str, Any]) -> str | None:
-    """Why an array's chunk files are *not* raw row-major bytes, or None if they are."""
-    codecs = meta.get("codecs", [])
-    dtype = meta.get("data_type")
-    if dtype not in _RAW_DTYPES:
-        return f"data type {dtype!r} is not a fixed-size number"
-    if len(codecs) != 1 or codecs[0].get("name") != "bytes":
-        return "chunks are encoded (compressed or filtered)"
-    endian = codecs[0].get("configuration", {}).get("endian", "little")
-    if endian != "little" and np.dtype(dtype).itemsize > 1:
-        return "chunks are big-endian"
-    if meta.get("chunk_grid", {}).get("name") != "regular":
-        return "chunk grid is not regular"
-    cke = meta.get("chunk_key_encoding", {})
-    if cke.get("name") != "default" or cke.get("configuration", {}).get("separator", "/") != "/":
-        return "chunk keys are not the default '/' encoding"
-    if meta.get("storage_transformers"):
-        return "storage transformers are set"
-    shape = meta["shape"]
-    chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
-    if list(chunks[1:]) != list(shape[1:]):
-        return "chunks do not span whole rows"
-    return None
+PREFETCH_MODES = ("auto", "always", "never")
+_FIX = "Remove the entry with `featstore rm KEY` and extract it again."
+# A batch counts as read from disk when copying it took longer than this per row plus per byte
+# (page-cache copies run at several GB/s; a disk read costs tens of microseconds at least).
+_COLD_SECONDS_PER_ROW = 20e-6
+_COLD_SECONDS_PER_BYTE = 1 / 2e9
+_WARM_AFTER_BATCHES = 8  # fast batches in a row before reading from the maps again
 
 
 class RawRows:
-    """Rows of a raw Zarr v3 array, read through memory maps of its chunk files."""
+    """Rows of a raw Zarr v3 array, read from its chunk files in one of two ways.
 
-    def __init__(self, array_dir: Path, meta: dict[str, Any], max_open: int = 256):
+    Warm (rows in the page cache): copies out of memory maps of the chunk files, the fastest
+    way to read cached bytes (0.95x a numpy array in RAM). Cold (rows on disk): a page fault
+    on a map reads a large row in small synchronous pieces, so the reader first tells the
+    kernel every row of the batch (``POSIX_FADV_WILLNEED``, which starts reading them all at
+    once) and then ``pread``s each row straight into the output, with no page faults and no
+    mapped pages left behind. Which way is chosen per batch from how long the last batch took
+    (``prefetch="auto"``); ``"always"`` keeps the cold way, ``"never"`` the maps.
+    """
+
+    def __init__(
+        self, array_dir: Path, meta: dict[str, Any], max_open: int = 256, prefetch: str = "auto"
+    ):
+        if prefetch not in PREFETCH_MODES:
+            raise FeatstoreError(f"prefetch {prefetch!r} unknown; use {', '.join(PREFETCH_MODES)}")
         self.dir = array_dir
         self.shape = tuple(meta["shape"])
         self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         self.chunk_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
         self.chunk_shape = (self.chunk_rows, *self.shape[1:])
+        self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self.chunk_bytes = self.chunk_rows * self.row_bytes
+        self.prefetch = prefetch
         self._max_open = max_open
-        # chunk -> plain ndarray view of its memory map (ndarray indexing skips np.memmap's
-        # per-access Python overhead). Each map holds a file descriptor, so at most
-        # ``max_open`` stay open; the oldest is dropped first.
-        self._views: dict[int, np.ndarray] = {}
+        # chunk -> (plain ndarray view of its map, the mmap). ndarray indexing skips np.memmap's
+        # per-access overhead. A map (and each cold-path file) holds a file descriptor, so at
+        # most ``max_open`` of each stay open; the oldest is dropped first.
+        self._maps: dict[int, tuple[np.ndarray, mmap.mmap]] = {}
+        self._fds: dict[int, int] = {}
+        # Start on the cold way until batches show the page cache (a warm batch read the cold
+        # way costs ~0.1 ms more).
+        self._cold = True
+        self._fast_batches = 0
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_views"] = {}
-        return state
+        return {**self.__dict__, "_maps": {}, "_fds": {}}
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in getattr(self, "_fds", {}).values():
+                os.close(fd)
+
+    @property
+    def open_maps(self) -> int:
+        """How many chunk files this process has mapped now (at most ``max_open``)."""
+        return len(self._maps)
+
+    @property
+    def _views(self) -> dict[int, np.ndarray]:  # for bench/train_step.py, which counts maps
+        return {c: view for c, (view, _) in self._maps.items()}
 
     def chunk_path(self, chunk: int) -> Path:
         return chunk_file(self.dir, chunk, len(self.shape))
 
     def _fork_check(self) -> None:
-        if self._pid != os.getpid():  # forked into a worker: never share the parent's maps
-            self._views, self._pid = {}, os.getpid()
+        if self._pid != os.getpid():  # forked into a worker: open this process's own files
+            self._maps, self._fds, self._pid = {}, {}, os.getpid()
 
-    def _map(self, chunk: int) -> np.ndarray:
-        view = self._views.get(chunk)
-        return view if view is not None else self._open(chunk)
-
-    def _open(self, chunk: int) -> np.ndarray:
+    def _checked_fd(self, chunk: int) -> int:
+        """A new read-only fd of a chunk file whose size is right (else it is corruption)."""
         path = self.chunk_path(chunk)
-        expected = int(np.prod(self.chunk_shape)) * self.dtype.itemsize
         try:
-            size = path.stat().st_size
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise CorruptChunkError(f"chunk file {path} is missing.") from None
-        if size != expected:
+        size = os.fstat(fd).st_size
+        if size != self.chunk_bytes:
+            os.close(fd)
             raise CorruptChunkError(
-                f"chunk file {path} has {size} bytes, expected {expected} "
+                f"chunk file {path} has {size} bytes, expected {self.chunk_bytes} "
                 f"(truncated or overwritten)."
             )
-        view = np.memmap(path, dtype=self.dtype, mode="r", shape=self.chunk_shape).view(np.ndarray)
-        if len(self._views) >= self._max_open:
-            del self._views[next(iter(self._views))]
-        self._views[chunk] = view
-        return view
+        return fd
 
+    def _fd(self, chunk: int) -> int:
+        fd = self._fds.get(chunk)
+        if fd is None:
+            if len(self._fds) >= self._max_open:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            fd = self._fds[chunk] = self._checked_fd(chunk)
+        return fd
+
+    def _view(self, chunk: int) -> np.ndarray:
+        found = self._maps.get(chunk)
+        return found[0] if found is not None else self._open(chunk)[0]
+
+    def _open(self, chunk: int) -> tuple[np.ndarray, mmap.mmap]:
+        fd = self._checked_fd(chunk)
+        try:
+            mm = mmap.mmap(fd, self.chunk_bytes, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        view = np.frombuffer(mm, dtype=self.dtype).reshape(self.chunk_shape)
+        if len(self._maps) >= self._max_open:
+            del self._maps[next(iter(self._maps))]
+        self._maps[chunk] = (view, mm)
+        return view, mm
+
+    # -- choosing the way -----------------------------------------------------------------------
+    def _reading_cold(self) -> bool:
+        if not hasattr(os, "preadv"):  # no pread (Windows): maps only
+            return False
+        return self.prefetch == "always" or (self.prefetch == "auto" and self._cold)
+
+    def _observe(self, rows: int, nbytes: int, seconds: float) -> None:
+        """One slow batch switches to the cold way; only a run of fast ones switches back, so
+        a store partly in the page cache (most batches hold some rows from disk) stays cold."""
+        if self.prefetch != "auto":
+            return
+        if seconds > rows * _COLD_SECONDS_PER_ROW + nbytes * _COLD_SECONDS_PER_BYTE:
+            self._cold, self._fast_batches = True, 0
+        elif self._cold:
+            self._fast_batches += 1
+            self._cold = self._fast_batches < _WARM_AFTER_BATCHES
+
+    def _segments(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """``(chunk, byte offset in its file, bytes)`` pieces of rows ``[start, stop)``."""
+        cr, rb, out = self.chunk_rows, self.row_bytes, []
+        for c in range(start // cr, (max(stop, start + 1) - 1) // cr + 1):
+            lo, hi = max(start, c * cr) - c * cr, min(stop, (c + 1) * cr) - c * cr
+            if hi > lo:
+                out.append((c, lo * rb, (hi - lo) * rb))
+        return out
+
+    def _pread_into(self, buffers: list[np.ndarray], pieces: list[list[tuple[int, int, int]]]):
+        """Hint every piece to the kernel, then read each into its (flat uint8) buffer."""
+        fadvise = getattr(os, "posix_fadvise", None)
+        if fadvise is not None:
+            for segs in pieces:
+                for c, off, n in segs:
+                    fadvise(self._fd(c), off, n, os.POSIX_FADV_WILLNEED)
+        for buf, segs in zip(buffers, pieces, strict=True):
+            pos = 0
+            for c, off, n in segs:
+                got = os.preadv(self._fd(c), [buf[pos : pos + n]], off)
+                if got != n:
+                    raise CorruptChunkError(f"chunk file {self.chunk_path(c)} is truncated.")
+                pos += n
+
+    # -- access ---------------------------------------------------------------------------------
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop): a view when they lie in one chunk, else a copy."""
         self._fork_check()
-        c0, c1 = start // self.chunk_rows, (max(stop, start + 1) - 1) // self.chunk_rows
+        cr = self.chunk_rows
+        c0, c1 = start // cr, (max(stop, start + 1) - 1) // cr
         if c0 == c1:
-            base = c0 * self.chunk_rows
-            return self._map(c0)[start - base : stop - base]
-        parts = []
-        for c in range(c0, c1 + 1):
-            base = c * self.chunk_rows
-            parts.append(
-                self._map(c)[max(start, base) - base : min(stop, base + self.chunk_rows) - base]
-            )
+            return self._view(c0)[start - c0 * cr : stop - c0 * cr]
+        parts = [
+            self._view(c)[max(start, c * cr) - c * cr : min(stop, (c + 1) * cr) - c * cr]
+            for c in range(c0, c1 + 1)
+        ]
         return np.concatenate(parts)
 
-    def crc32(self, start: int, stop: int, block: int = 8 << 20) -> int:
-        """CRC32 of rows [start, stop) read with plain file reads, not the memory maps: a
-        checksum touches every byte, and through a map those pages would stay resident in this
-        process (counted in its RSS) for as long as the map is open."""
-        crc = 0
-        row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
-        for c in range(start // self.chunk_rows, (max(stop, start + 1) - 1) // self.chunk_rows + 1):
-            base = c * self.chunk_rows
-            lo, hi = max(start, base) - base, min(stop, base + self.chunk_rows) - base
-            if hi <= lo:
-                continue
-            self._open(c) if c not in self._views else None  # validates the file's size
-            with open(self.chunk_path(c), "rb", buffering=0) as f:
-                f.seek(lo * row_bytes)
-                left = (hi - lo) * row_bytes
-                while left:
-                    data = f.read(min(block, left))
-                    if not data:
-                        raise CorruptChunkError(f"chunk file {self.chunk_path(c)} is truncated.")
-                    crc = zlib.crc32(data, crc)
-                    left -= len(data)
-        return crc
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) the way the last batch was read (a view or a new array)."""
+        if not self._reading_cold():
+            return self.rows(start, stop)
+        self._fork_check()
+        out = np.empty((stop - start, *self.shape[1:]), self.dtype)
+        self._pread_into([out.reshape(-1).view(np.uint8)], [self._segments(start, stop)])
+        return out
 
     def take(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at ``indices`` (any order, repeats allowed) as a new array."""
         self._fork_check()
         out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
-        cr, views = self.chunk_rows, self._views
-        for j, i in enumerate(indices.tolist()):
-            c = i // cr
-            view = views.get(c)
-            if view is None:
-                view = self._open(c)
-            out[j] = view[i - c * cr]
+        rows = indices.tolist()
+        t0 = time.perf_counter()
+        if self._reading_cold():
+            flat = out.reshape(len(rows), -1).view(np.uint8)
+            self._pread_into(list(flat), [self._segments(i, i + 1) for i in rows])
+        else:
+            cr, maps = self.chunk_rows, self._maps
+            for j, i in enumerate(rows):
+                c = i // cr
+                found = maps.get(c)
+                view = found[0] if found is not None else self._open(c)[0]
+                out[j] = view[i - c * cr]
+        self._observe(len(rows), out.nbytes, time.perf_counter() - t0)
+        return out
+
+    def take_ranges(self, starts: list[int], stops: list[int]) -> list[np.ndarray]:
+        """Row ranges ``[start, stop)`` (ragged items) as new arrays."""
+        self._fork_check()
+        t0 = time.perf_counter()
+        ranges = list(zip(starts, stops, strict=True))
+        if self._reading_cold():
+            out = [np.empty((b - a, *self.shape[1:]), self.dtype) for a, b in ranges]
+            flats = [x.reshape(-1).view(np.uint8) for x in out]
+            self._pread_into(flats, [self._segments(a, b) for a, b in ranges])
+        else:
+            out = [np.array(self.rows(a, b)) for a, b in ranges]
+        self._observe(len(out), sum(x.nbytes for x in out), time.perf_counter() - t0)
         return out
 
 
@@ -170,19 +271,39 @@ class ZarrRows:
     def chunk_path(self, chunk: int) -> Path:
         return chunk_file(self.dir, chunk, len(self.shape))
 
+    def _decode(self, read: Any) -> np.ndarray:
+        try:
+            return read()
+        except Exception as e:  # noqa: BLE001 - a chunk that cannot be decoded is damage
+            raise CorruptChunkError(f"a chunk of {self.dir} cannot be decoded ({e}).") from None
+
     def rows(self, start: int, stop: int) -> np.ndarray:
-        return self.array[start:stop]
+        return self._decode(lambda: self.array[start:stop])
+
+    read = rows
 
     def take(self, indices: np.ndarray) -> np.ndarray:
         uniq, inverse = np.unique(indices, return_inverse=True)
-        return self.array.get_orthogonal_selection((uniq,))[inverse]
+        return self._decode(lambda: self.array.get_orthogonal_selection((uniq,)))[inverse]
+
+    def take_ranges(self, starts: list[int], stops: list[int]) -> list[np.ndarray]:
+        return [self.rows(a, b) for a, b in zip(starts, stops, strict=True)]
 
 
-def open_rows(array_dir: Path, zero_copy: bool = True) -> RawRows | ZarrRows:
-    meta = json.loads((array_dir / "zarr.json").read_text())
+def open_rows(array_dir: Path, zero_copy: bool = True, prefetch: str = "auto"):
+    meta = read_array_meta(array_dir)
     if zero_copy and raw_layout_reason(meta) is None:
-        return RawRows(array_dir, meta)
-    return ZarrRows(array_dir)
+        return RawRows(array_dir, meta, prefetch=prefetch)
+    try:
+        return ZarrRows(array_dir)
+    except Exception as e:  # noqa: BLE001 - zarr-python refuses this metadata
+        raise FormatError(f"{array_dir}: zarr-python cannot open it ({e}).") from None
+
+
+def _shared_flags(n: int) -> np.ndarray:
+    """``n`` zero bytes in an anonymous shared mapping: processes forked later (DataLoader
+    workers) see each other's writes, so a block verified by one is verified for all."""
+    return np.frombuffer(mmap.mmap(-1, max(n, 1)), dtype=np.uint8, count=n)
 
 
 class Entry:
@@ -190,94 +311,145 @@ class Entry:
 
     ``entry[i]`` is row i; ``entry.gather(idx)`` a batch; ``entry.positions(ids)`` maps ids to rows.
     Ragged entries (``[T_i, ...]`` items) return arrays of varying length; ``gather_padded`` pads.
+    ``verify`` checks each block's CRC32C on first read; ``prefetch`` ("auto", "always",
+    "never") controls read-ahead hints for reads from disk.
     """
 
-    def __init__(self, path: str | os.PathLike, verify: bool = True, zero_copy: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        verify: bool = True,
+        zero_copy: bool = True,
+        prefetch: str = "auto",
+    ):
         self.path = Path(path)
-        manifest = read_manifest(self.path)
-        if manifest is None:
-            raise StoreError(f"{self.path} is not a featstore entry.")
-        self.manifest = manifest
-        self.key: str = manifest.get("key", self.path.name)
-        if not manifest.get("complete"):
+        self.meta: Manifest = load_manifest(self.path)
+        self.key: str = self.meta.key
+        if not self.meta.complete:
             raise StoreError(
                 f"entry {self.key} is incomplete (extraction was interrupted or is running). "
                 f"Run the same `featstore extract` again to resume it."
             )
-        self.ragged = manifest["layout"] == "ragged"
-        self.chunk_rows: int = manifest["chunk_rows"]
+        meta = self.meta
+        self.ragged = meta.ragged
+        self.chunk_rows = meta.chunk_rows
         self.verify = verify
-        self._checksums: list[str] = manifest["checksums"]
-        self._n_units = len(self._checksums)
-        self._n = int(manifest["n_rows"])
-        self._verified: set[int] = set()
-        self._pid = os.getpid()
-        self._rows = open_rows(self.path / ("values" if self.ragged else "features"), zero_copy)
+        self._n = meta.n_rows
+        sums = meta.array_checksums
+        self.ids = read_vector(self.path, IDS, meta.ids, sums)
+        self.offsets = read_checked(self.path, OFFSETS, sums) if self.ragged else None
+        self._block_crc = read_checked(self.path, CHECKSUMS, sums)
+        self._rows = open_rows(self.path / meta.data_array, zero_copy, prefetch)
         self.zero_copy = isinstance(self._rows, RawRows)
-        self.ids = zarr.open_array(str(self.path / "ids"), mode="r")[:]
-        if self.ids.dtype.kind not in "iu":
-            self.ids = np.asarray(self.ids, dtype=object)
-        self.offsets = (
-            zarr.open_array(str(self.path / "offsets"), mode="r")[:] if self.ragged else None
-        )
+        self._check_shapes()
+        self._verified: np.ndarray | None = _shared_flags(meta.n_blocks)
+        self._all_verified = False  # every block checked (by this process or a sibling)
+        self._clean_batches = 0
         self._index: dict[Any, int] | None = None
 
+    def _check_shapes(self) -> None:
+        meta, where = self.meta, f"entry {self.key}"
+        n_data = meta.n_values if self.ragged else meta.n_rows
+        if tuple(self._rows.shape) != (n_data, *meta.row_shape):
+            raise CorruptChunkError(
+                f"{where}: {meta.data_array} has shape {tuple(self._rows.shape)}, the manifest "
+                f"says {(n_data, *meta.row_shape)}. {_FIX}"
+            )
+        if len(self.ids) != meta.n_rows or len(self._block_crc) != meta.n_blocks:
+            raise CorruptChunkError(f"{where}: ids or checksums do not have one value per row.")
+        if self.ragged:
+            off = self.offsets
+            if len(off) != meta.n_rows + 1 or off[0] != 0 or off[-1] != n_data:
+                raise CorruptChunkError(f"{where}: offsets do not span values. {_FIX}")
+            if (np.diff(off) < 0).any():
+                raise CorruptChunkError(f"{where}: offsets decrease. {_FIX}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A shared map cannot travel to a spawned process; it gets its own flags there.
+        return {**self.__dict__, "_verified": None}
+
     # -- description ----------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as stored (a dict); ``meta`` is the typed one."""
+        return self.meta.to_dict()
+
     def __len__(self) -> int:
-        return int(self.manifest["n_rows"])
+        return self._n
 
     def __repr__(self) -> str:
         shape = ("T", *self.row_shape) if self.ragged else self.row_shape
         return (
-            f"Entry({self.key}, teacher={self.manifest.get('teacher')}, "
-            f"output={self.manifest.get('output')}, n={len(self)}, row_shape={shape}, "
-            f"dtype={self.dtype}, zero_copy={self.zero_copy})"
+            f"Entry({self.key}, teacher={self.meta.teacher}, output={self.meta.output}, "
+            f"n={len(self)}, row_shape={shape}, dtype={self.dtype}, zero_copy={self.zero_copy})"
         )
 
     @property
     def row_shape(self) -> tuple[int, ...]:
-        return tuple(self.manifest["row_shape"])
+        return self.meta.row_shape
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.manifest["dtype"])
+        return np.dtype(self.meta.dtype)
 
     # -- integrity ------------------------------------------------------------------------------
-    def _unit_crc32(self, unit: int) -> int:
-        start = unit * self.chunk_rows
-        stop = min(start + self.chunk_rows, len(self))
-        if self.ragged:
-            start, stop = int(self.offsets[start]), int(self.offsets[stop])
-        if isinstance(self._rows, RawRows):
-            return self._rows.crc32(start, stop)
-        return zlib.crc32(np.ascontiguousarray(self._rows.rows(start, stop)).data)
+    def _flags(self) -> np.ndarray:
+        if self._verified is None:
+            self._verified = _shared_flags(self.meta.n_blocks)
+        return self._verified
 
-    def check_unit(self, unit: int) -> None:
-        """Recompute one unit's CRC32 and raise ``CorruptChunkError`` if it differs."""
-        try:
-            found = f"{self._unit_crc32(unit):08x}"
-        except CorruptChunkError as e:
-            raise CorruptChunkError(f"entry {self.key}: {e} {_FIX}") from None
-        if found != self._checksums[unit]:
-            where = self._rows.chunk_path(unit) if not self.ragged else f"values of unit {unit}"
+    def _block_data(self, block: int) -> np.ndarray:
+        lo, hi = self.meta.block_rows_range(block)
+        if self.ragged:
+            lo, hi = int(self.offsets[lo]), int(self.offsets[hi])
+        return self._rows.read(lo, hi)
+
+    def _where(self, block: int) -> str:
+        lo, hi = self.meta.block_rows_range(block)
+        if self.ragged:
+            lo, hi = int(self.offsets[lo]), int(self.offsets[hi])
+        cr = self._rows.chunk_rows
+        files = sorted({str(self._rows.chunk_path(r // cr)) for r in (lo, max(lo, hi - 1))})
+        what = f"item {block}" if self.ragged else f"rows {lo}-{hi - 1}"
+        return f"chunk {' and '.join(files)} is corrupt ({what}"
+
+    def check_block(self, block: int, data: np.ndarray | None = None) -> None:
+        """Check one block's CRC32C (on ``data`` if given: the bytes just read)."""
+        found = crc32c(self._block_data(block) if data is None else data)
+        if found != int(self._block_crc[block]):
             raise CorruptChunkError(
-                f"entry {self.key}: chunk {where} is corrupt (CRC32 {found}, recorded "
-                f"{self._checksums[unit]}). {_FIX}"
+                f"entry {self.key}: {self._where(block)}: CRC32C {crc_hex(found)}, recorded "
+                f"{crc_hex(int(self._block_crc[block]))}). {_FIX}"
             )
 
-    def _touch(self, rows: np.ndarray) -> None:
-        if not self.verify:
+    def _verify_read(self, rows: np.ndarray, read: np.ndarray | list[np.ndarray] | None) -> None:
+        """Check the blocks of ``rows`` not yet verified; ``read[j]`` holds row ``rows[j]`` when
+        a block is one row (so the check costs no second read)."""
+        if not self.verify or not len(rows) or self._all_verified:
             return
-        if len(self._verified) == self._n_units and self._pid == os.getpid():
-            return  # everything already checked in this process
-        if self._pid != os.getpid():
-            self._verified, self._pid = set(), os.getpid()
-        for unit in set((rows // self.chunk_rows).tolist()) - self._verified:
-            self.check_unit(unit)
-            self._verified.add(unit)
+        flags, br = self._flags(), self.meta.block_rows
+        blocks = rows // br if br > 1 else rows
+        todo = np.flatnonzero(flags[blocks] == 0)
+        if not len(todo):
+            self._clean_batches += 1
+            if self._clean_batches % 64 == 0:  # flags only ever go from 0 to 1
+                self._all_verified = bool(flags.all())
+            return
+        for j in todo.tolist():
+            block = int(blocks[j])
+            if flags[block]:
+                continue  # a repeat within this batch
+            self.check_block(block, read[j] if br == 1 and read is not None else None)
+            flags[block] = 1
+
+    def verify_all(self) -> list[str]:
+        """The full check (``featstore verify``): every problem found, one message each."""
+        from .verify import verify_entry
+
+        return verify_entry(self.path).problems
 
     # -- access ---------------------------------------------------------------------------------
-    def _check_rows(self, rows: np.ndarray) -> np.ndarray:
+    def _check_rows(self, rows: np.ndarray | list[int]) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if not rows.size:
             return rows
@@ -286,23 +458,29 @@ class Entry:
             raise IndexError(f"row index out of range for entry of {n} rows")
         return rows if lo >= 0 else np.where(rows < 0, rows + n, rows)
 
+    def _items(self, rows: np.ndarray) -> list[np.ndarray]:
+        starts = self.offsets[rows].tolist()
+        stops = self.offsets[rows + 1].tolist()
+        items = self._rows.take_ranges(starts, stops)
+        self._verify_read(rows, items)
+        return items
+
     def __getitem__(self, i: int) -> np.ndarray:
-        (row,) = self._check_rows(np.array([i]))
-        self._touch(np.array([row]))
+        rows = self._check_rows(np.array([i]))
         if self.ragged:
-            return np.array(self._rows.rows(int(self.offsets[row]), int(self.offsets[row + 1])))
-        return np.array(self._rows.take(np.array([row]))[0])
+            return self._items(rows)[0]
+        out = self._rows.take(rows)
+        self._verify_read(rows, out)
+        return out[0]
 
     def gather(self, rows: np.ndarray | list[int]) -> np.ndarray | list[np.ndarray]:
         """Rows as one ``[B, ...]`` array (fixed), or a list of ``[T_i, ...]`` arrays (ragged)."""
         rows = self._check_rows(rows)
-        self._touch(rows)
         if self.ragged:
-            return [
-                np.array(self._rows.rows(int(self.offsets[r]), int(self.offsets[r + 1])))
-                for r in rows.tolist()
-            ]
-        return self._rows.take(rows)
+            return self._items(rows)
+        out = self._rows.take(rows)
+        self._verify_read(rows, out)
+        return out
 
     def lengths(self, rows: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Item lengths ``T_i`` of a ragged entry."""
@@ -321,11 +499,10 @@ class Entry:
         if not self.ragged:
             raise StoreError(f"entry {self.key} is not ragged; use gather()")
         rows = self._check_rows(rows)
-        self._touch(rows)
         starts = self.offsets[rows]
-        lengths = (self.offsets[rows + 1] - starts).astype(np.int64)
-        if max_length is not None:
-            lengths = np.minimum(lengths, max_length)
+        full = (self.offsets[rows + 1] - starts).astype(np.int64)
+        lengths = full if max_length is None else np.minimum(full, max_length)
+        self._verify_read(rows, None)  # checks whole items, also those truncated here
         t = int(lengths.max()) if len(rows) else 0
         out = np.empty((len(rows), t, *self.row_shape), dtype=self.dtype)
         for j, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
@@ -333,53 +510,43 @@ class Entry:
             out[j, n:] = pad_value
         return out, lengths
 
-    def positions(self, ids: list | np.ndarray) -> np.ndarray:
-        """Row position of each id; a clear error lists ids that are not in the entry."""
+    def _id_index(self) -> dict[Any, int]:
         if self._index is None:
             self._index = {k: i for i, k in enumerate(self.ids.tolist())}
+        return self._index
+
+    def positions(self, ids: list | np.ndarray) -> np.ndarray:
+        """Row position of each id; a clear error lists ids that are not in the entry."""
+        index = self._id_index()
         keys = np.asarray(ids).tolist()
-        missing = [k for k in keys if k not in self._index]
+        missing = [k for k in keys if k not in index]
         if missing:
-            raise KeyError(
+            raise MissingIdsError(
                 f"{len(missing)} of {len(keys)} ids are not in entry {self.key} "
-                f"(teacher {self.manifest.get('teacher')}); first: {missing[:5]}"
+                f"(teacher {self.meta.teacher}); first: {missing[:5]}"
             )
-        return np.array([self._index[k] for k in keys], dtype=np.int64)
+        return np.array([index[k] for k in keys], dtype=np.int64)
 
     def column(self, name: str) -> np.ndarray:
         """A per-item metadata column (e.g. ``image_id`` of captions), in row order."""
-        path = self.path / "columns" / name
-        if not (path / "zarr.json").exists():
-            folder = self.path / "columns"
-            have = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-            raise KeyError(f"entry {self.key} has no column {name!r} (columns: {have or 'none'})")
-        values = zarr.open_array(str(path), mode="r")[:]
-        return values if values.dtype.kind in "iu" else np.asarray(values, dtype=object)
+        kind = self.meta.columns.get(name)
+        if kind is None:
+            have = sorted(self.meta.columns)
+            raise NoSuchColumnError(
+                f"entry {self.key} has no column {name!r} (columns: {have or 'none'})"
+            )
+        return read_vector(self.path, column_path(name), kind, self.meta.array_checksums)
 
     def contains(self, ids: list | np.ndarray) -> np.ndarray:
         """A boolean mask: which ids have a row in this entry."""
-        if self._index is None:
-            self._index = {k: i for i, k in enumerate(self.ids.tolist())}
-        return np.array([k in self._index for k in np.asarray(ids).tolist()], dtype=bool)
+        index = self._id_index()
+        return np.array([k in index for k in np.asarray(ids).tolist()], dtype=bool)
 
     def by_id(self, item_id: Any) -> np.ndarray:
         return self[int(self.positions([item_id])[0])]
 
-    def verify_all(self) -> list[str]:
-        """Check every unit; returns one message per bad chunk (empty when all are sound)."""
-        bad = []
-        for unit in range(len(self._checksums)):
-            try:
-                self.check_unit(unit)
-            except CorruptChunkError as e:
-                bad.append(str(e))
-        return bad
-
     def dataset(self, rows: np.ndarray | None = None) -> FeatureDataset:
         return FeatureDataset(self, rows)
-
-
-_FIX = "Remove the entry with `featstore rm KEY` and extract it again."
 
 
 class FeatureDataset:
@@ -410,8 +577,12 @@ class FeatureDataset:
 
 
 def open_entry(
-    key_or_path: str, store: Store | str | None = None, verify: bool = True, zero_copy: bool = True
+    key_or_path: str,
+    store: Store | str | None = None,
+    verify: bool = True,
+    zero_copy: bool = True,
+    prefetch: str = "auto",
 ) -> Entry:
     """Open a complete entry by key, unique key prefix, or path."""
     store = store if isinstance(store, Store) else Store(store)
-    return Entry(store.resolve(key_or_path).path, verify=verify, zero_copy=zero_copy)
+    return Entry(store.resolve(key_or_path).path, verify, zero_copy, prefetch)

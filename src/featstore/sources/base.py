@@ -78,6 +78,8 @@ class Source:
                 f"Each id may appear once."
             )
         numeric = self.ids.dtype.kind in "iu"
+        if wanted.dtype.kind in "fb":
+            wanted = whole_numbers(wanted, "the ids file")
         if numeric and wanted.dtype.kind not in "iu":
             try:
                 wanted = wanted.astype(np.int64)
@@ -124,7 +126,25 @@ def read_ids(path: str | os.PathLike) -> np.ndarray:
         raise SourceError(f"cannot read ids from {p}: {e}") from None
     if arr.ndim != 1:
         raise SourceError(f"ids file {p} must hold a flat list, got shape {arr.shape}")
+    if not len(arr):
+        raise SourceError(f"ids file {p} holds no ids; list the ids to extract, one per line.")
     return arr
+
+
+def whole_numbers(ids: np.ndarray, where: str) -> np.ndarray:
+    """Float ids that are whole numbers (``3.0``) as int64; anything fractional is an error,
+    never silently truncated."""
+    if ids.dtype.kind == "b" or (ids.dtype.kind == "f" and not np.isfinite(ids).all()):
+        raise SourceError(f"ids must be whole numbers; {where} holds {ids[:3].tolist()}.")
+    if ids.dtype.kind == "f":
+        fractional = ids[ids != np.floor(ids)]
+        if len(fractional):
+            raise SourceError(
+                f"ids must be whole numbers; {where} holds {fractional[0]!r} "
+                f"({len(fractional)} fractional in all)."
+            )
+        return ids.astype(np.int64)
+    return ids
 
 
 def parse_range(text: str, n: int) -> tuple[int, int]:

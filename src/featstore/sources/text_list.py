@@ -59,6 +59,14 @@ def _pick(record: Any, id_field: str, text_field: str, where: str) -> tuple[Any,
     return record[id_field], record[text_field]
 
 
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "list" if isinstance(value, list) else "object"
+
+
 class TextList(Source):
     kind = "text-list"
     modality = "text"
@@ -75,7 +83,13 @@ class TextList(Source):
             raise SourceError(f"{path} holds no texts.")
         ids = [r[0] for r in records]
         for item_id, text in records:
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(text, str):
+                what = "null" if text is None else f"a {_json_kind(text)}"
+                raise SourceError(
+                    f"{path}: the text of id {item_id!r} is {json.dumps(text)} ({what}), not "
+                    f'text. Quote it in the file ("{text}") or fix the field name.'
+                )
+            if not text.strip():
                 raise SourceError(
                     f"{path}: the text of id {item_id!r} is empty; remove or fill it."
                 )

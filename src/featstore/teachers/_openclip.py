@@ -7,13 +7,15 @@ a path loads a checkpoint file, keyed by its sha256.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import FeatstoreError
-from .base import TeacherSpec
+from .base import TeacherSpec, Weights
 
 
 def model_config(spec: TeacherSpec) -> dict[str, Any]:
@@ -27,11 +29,31 @@ def model_config(spec: TeacherSpec) -> dict[str, Any]:
     return cfg
 
 
+@contextlib.contextmanager
+def _quiet_open_clip_errors():
+    """open_clip logs ``ERROR:root:Failed to download…`` through the root logger before raising;
+    featstore's own error (with how to fix it) is the one message the user should see."""
+    root = logging.getLogger()
+    drop = logging.Filter()
+    drop.filter = lambda record: "open_clip" not in record.pathname  # type: ignore[method-assign]
+    fallback = logging.NullHandler() if not root.handlers else None  # no basicConfig side effect
+    root.addFilter(drop)
+    if fallback:
+        root.addHandler(fallback)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if fallback:
+            root.removeHandler(fallback)
+
+
 def _load(arch: str, pretrained: str) -> torch.nn.Module:
     import open_clip
 
     try:
-        return open_clip.create_model(arch, pretrained=pretrained)
+        with _quiet_open_clip_errors():
+            return open_clip.create_model(arch, pretrained=pretrained)
     except (RuntimeError, OSError) as e:
         raise FeatstoreError(
             f"cannot load open_clip {arch} weights {pretrained!r}: {e}. Download them once with "
@@ -41,36 +63,42 @@ def _load(arch: str, pretrained: str) -> torch.nn.Module:
 
 
 def build_clip(
-    spec: TeacherSpec, weights: str, seed: int
+    spec: TeacherSpec, weights: Weights
 ) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
-    """``(model, weights identity, model config)`` for a spec and a ``--weights`` value."""
+    """``(model, weights identity, model config)`` for a spec and resolved ``--weights``."""
     import open_clip
 
     cfg = model_config(spec)
     arch = spec.config.get("arch")
-    if weights == "pretrained":
-        tag = spec.config.get("pretrained")
-        if tag is None:
-            raise FeatstoreError(
-                f"teacher {spec.name} has no pretrained weights; use --weights random "
-                f"or --weights PATH/TO/checkpoint"
-            )
+    if weights.kind == "pretrained":
+        tag = spec.config["pretrained"]
         return _load(arch, tag), {"kind": "pretrained", "arch": arch, "tag": tag}, cfg
-    if weights == "random":
-        torch.manual_seed(seed)
-        return open_clip.model.CLIP(**cfg), {"kind": "random", "seed": seed}, cfg
+    if weights.kind == "random":
+        torch.manual_seed(weights.seed)
+        return open_clip.model.CLIP(**cfg), {"kind": "random", "seed": weights.seed}, cfg
     from ..hashing import file_digest
 
-    if not Path(weights).is_file():
+    path = Path(weights.location)
+    if not path.is_file():
         raise FeatstoreError(
-            f"--weights {weights!r} is neither 'pretrained', 'random' nor a checkpoint file."
+            f"--weights {weights.location!r} is neither 'pretrained', 'random' nor a checkpoint "
+            f"file."
         )
-    if "model_cfg" in spec.config:  # a config-defined variant: load into that config
-        model = open_clip.model.CLIP(**cfg)
-        open_clip.load_checkpoint(model, weights)
-    else:
-        model = _load(arch, weights)
-    return model, {"kind": "file", "sha256": file_digest(Path(weights))}, cfg
+    try:
+        if "model_cfg" in spec.config:  # a config-defined variant: load into that config
+            model = open_clip.model.CLIP(**cfg)
+            open_clip.load_checkpoint(model, str(path))
+        else:
+            model = _load(arch, str(path))
+    except FeatstoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unpickling/shape errors all mean "not this model's"
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise FeatstoreError(
+            f"--weights {path} is not a checkpoint of {spec.name} that open_clip can load "
+            f"({type(e).__name__}: {first})."
+        ) from None
+    return model, {"kind": "file", "sha256": file_digest(path)}, cfg
 
 
 def tiny_config(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
+
+from ..errors import FeatstoreError
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,46 @@ class TeacherSpec:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Weights:
+    """Where a teacher's weights come from, resolved from ``--weights`` once for every family.
+
+    ``kind``: "pretrained" (the spec's own: an open_clip tag or a hub repo), "random" (seeded),
+    "path" (a local checkpoint file or directory) or "hub" (another hub repo id).
+    """
+
+    kind: str
+    location: str | None = None  # the path or hub repo id ("path", "hub")
+    seed: int = 0
+
+
+def resolve_weights(
+    spec: TeacherSpec, weights: str | None, seed: int = 0, hub_ids: bool = False
+) -> Weights:
+    """``--weights`` for a teacher: None means pretrained where the teacher has pretrained
+    weights and random otherwise (the ``*-tiny`` teachers, built for tests and demos)."""
+    has_pretrained = bool(spec.config.get("pretrained") or spec.config.get("repo"))
+    if weights is None:
+        weights = "pretrained" if has_pretrained else "random"
+    if weights == "pretrained":
+        if not has_pretrained:
+            raise FeatstoreError(
+                f"teacher {spec.name} has no pretrained weights; use --weights random or "
+                f"--weights PATH/TO/checkpoint."
+            )
+        return Weights("pretrained", seed=seed)
+    if weights == "random":
+        return Weights("random", seed=seed)
+    if Path(weights).expanduser().exists():
+        return Weights("path", str(Path(weights).expanduser()), seed)
+    if hub_ids and "/" in weights and not weights.startswith((".", "/", "~")):
+        return Weights("hub", weights, seed)
+    raise FeatstoreError(
+        f"--weights {weights!r} is neither 'pretrained', 'random' nor a checkpoint file"
+        f"{' or hub repo id' if hub_ids else ''}."
+    )
+
+
 class Preprocessor:
     """Turns one source item into model input. Runs in DataLoader workers, so it is picklable
     and holds no model."""
@@ -59,11 +102,18 @@ class Teacher:
     tensors for ragged kinds).
     """
 
+    family: ClassVar[str] = ""  # set by @register_family
+    hub_ids: ClassVar[bool] = False  # True: --weights may name another hub repo
     spec: TeacherSpec
     outputs: dict[str, OutputSpec]
     preprocessor: Preprocessor
     model: torch.nn.Module
     weights: dict[str, Any]
+
+    @classmethod
+    def outputs_for(cls, spec: TeacherSpec) -> dict[str, OutputSpec]:
+        """The outputs of a spec, known without building the model."""
+        raise NotImplementedError
 
     @property
     def name(self) -> str:

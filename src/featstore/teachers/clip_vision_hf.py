@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from ..errors import FeatstoreError
+from . import register_family
 from ._hf import load_pretrained
-from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec
+from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec, Weights
 
 
 class HfClipImagePreprocessor(Preprocessor):
@@ -40,51 +41,6 @@ class HfClipImagePreprocessor(Preprocessor):
         return out["pixel_values"][0]
 
 
-def outputs_for(spec: TeacherSpec) -> dict[str, OutputSpec]:
-    c = spec.config
-    n = (c["image_size"] // c["patch_size"]) ** 2
-    return {"patches": OutputSpec((n, c["width"]), "last_hidden_state[:, 1:] (CLS dropped)")}
-
-
-class HfClipVisionTeacher(Teacher):
-    def __init__(self, spec: TeacherSpec, weights: str = "pretrained", seed: int = 0):
-        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-
-        self.spec = spec
-        self.outputs = outputs_for(spec)
-        if weights == "random":
-            torch.manual_seed(seed)
-            model = CLIPVisionModel(CLIPVisionConfig(**spec.config["model_cfg"]))
-            processor = CLIPImageProcessor()  # the OpenAI CLIP defaults: 224, bicubic, crop
-            self.weights = {"kind": "random", "seed": seed}
-        else:
-            (model, processor), self.weights = load_pretrained(
-                spec, weights, CLIPVisionModel, CLIPImageProcessor
-            )
-        cfg = model.config
-        if cfg.hidden_size != spec.config["width"] or cfg.patch_size != spec.config["patch_size"]:
-            raise FeatstoreError(f"weights {weights!r} do not match teacher {spec.name}'s shape")
-        self.model = model.eval().requires_grad_(False)
-        self.preprocessor = HfClipImagePreprocessor(processor)
-
-    def architecture(self) -> dict[str, Any]:
-        c = self.model.config
-        return {"class": "CLIPVisionModel", "hidden_size": c.hidden_size,
-                "num_hidden_layers": c.num_hidden_layers, "patch_size": c.patch_size,
-                "image_size": c.image_size, "intermediate_size": c.intermediate_size}  # fmt: skip
-
-    def forward(self, batch: torch.Tensor, kinds: list[str]) -> dict[str, torch.Tensor]:
-        out = self.model(pixel_values=batch.to(self.device, non_blocking=True))
-        return {"patches": out.last_hidden_state[:, 1:]}
-
-
-def build(spec: TeacherSpec, **options: Any) -> HfClipVisionTeacher:
-    if options.pop("preprocessing", None) is not None:
-        raise FeatstoreError(f"teacher {spec.name} uses its checkpoint's image processor; "
-                             f"it takes no --preprocessing option.")  # fmt: skip
-    return HfClipVisionTeacher(spec, **options)
-
-
 SPECS = [
     TeacherSpec("vitb16-patch", "clip-vision-hf", "image",
                 "CLIP ViT-B/16 (openai/clip-vit-base-patch16) patch tokens; minimind-v's input",
@@ -100,3 +56,48 @@ SPECS = [
                  "model_cfg": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                                "num_attention_heads": 2, "image_size": 224, "patch_size": 16}}),
 ]  # fmt: skip
+
+
+def outputs_for(spec: TeacherSpec) -> dict[str, OutputSpec]:
+    c = spec.config
+    n = (c["image_size"] // c["patch_size"]) ** 2
+    return {"patches": OutputSpec((n, c["width"]), "last_hidden_state[:, 1:] (CLS dropped)")}
+
+
+@register_family("clip-vision-hf", SPECS)
+class HfClipVisionTeacher(Teacher):
+    hub_ids = True
+    outputs_for = staticmethod(outputs_for)
+
+    def __init__(self, spec: TeacherSpec, weights: Weights):
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+        self.spec = spec
+        self.outputs = outputs_for(spec)
+        if weights.kind == "random":
+            torch.manual_seed(weights.seed)
+            model = CLIPVisionModel(CLIPVisionConfig(**spec.config["model_cfg"]))
+            processor = CLIPImageProcessor()  # the OpenAI CLIP defaults: 224, bicubic, crop
+            self.weights = {"kind": "random", "seed": weights.seed}
+        else:
+            (model, processor), self.weights = load_pretrained(
+                spec, weights, CLIPVisionModel, CLIPImageProcessor
+            )
+        cfg = model.config
+        if cfg.hidden_size != spec.config["width"] or cfg.patch_size != spec.config["patch_size"]:
+            raise FeatstoreError(
+                f"weights {weights.location or weights.kind!r} do not match teacher "
+                f"{spec.name}'s shape"
+            )
+        self.model = model.eval().requires_grad_(False)
+        self.preprocessor = HfClipImagePreprocessor(processor)
+
+    def architecture(self) -> dict[str, Any]:
+        c = self.model.config
+        return {"class": "CLIPVisionModel", "hidden_size": c.hidden_size,
+                "num_hidden_layers": c.num_hidden_layers, "patch_size": c.patch_size,
+                "image_size": c.image_size, "intermediate_size": c.intermediate_size}  # fmt: skip
+
+    def forward(self, batch: torch.Tensor, kinds: list[str]) -> dict[str, torch.Tensor]:
+        out = self.model(pixel_values=batch.to(self.device, non_blocking=True))
+        return {"patches": out.last_hidden_state[:, 1:]}

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import register_family
 from ._openclip import build_clip, tiny_config
-from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec
+from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec, Weights
 
 VIECAP_TEMPLATES = (
     "itap of a {}.",
@@ -50,6 +51,24 @@ class OpenClipTokenizer(Preprocessor):
         return ids if self.templates else ids[0]
 
 
+_TINY = tiny_config(32, 32, 16, quick_gelu=True)
+SPECS = [
+    TeacherSpec("vitb32-text", "openclip-text", "text",
+                "CLIP ViT-B/32 (OpenAI weights) encode_text of captions; ViECap's training feature",
+                {"arch": "ViT-B-32-quickgelu", "pretrained": "openai"}),
+    TeacherSpec("vitb32-vocab", "openclip-text", "text",
+                "CLIP ViT-B/32 vocabulary embeddings: ViECap's 7 prompt templates, averaged",
+                {"arch": "ViT-B-32-quickgelu", "pretrained": "openai",
+                 "templates": VIECAP_TEMPLATES}),
+    TeacherSpec("vitb32-text-tiny", "openclip-text", "text",
+                "vitb32-text's architecture class at toy width, random weights; for tests",
+                {"arch": "ViT-B-32-quickgelu", "model_cfg": _TINY}),
+    TeacherSpec("vitb32-vocab-tiny", "openclip-text", "text",
+                "vitb32-vocab at toy width, random weights; for tests",
+                {"arch": "ViT-B-32-quickgelu", "model_cfg": _TINY, "templates": VIECAP_TEMPLATES}),
+]  # fmt: skip
+
+
 def outputs_for(spec: TeacherSpec) -> dict[str, OutputSpec]:
     from ._openclip import model_config
 
@@ -59,11 +78,14 @@ def outputs_for(spec: TeacherSpec) -> dict[str, OutputSpec]:
     return {"embeds": OutputSpec((embed,), "projected text embedding (encode_text)")}
 
 
+@register_family("openclip-text", SPECS)
 class OpenClipTextTeacher(Teacher):
-    def __init__(self, spec: TeacherSpec, weights: str = "pretrained", seed: int = 0):
+    outputs_for = staticmethod(outputs_for)
+
+    def __init__(self, spec: TeacherSpec, weights: Weights):
         self.spec = spec
         self.outputs = outputs_for(spec)
-        model, self.weights, self._cfg = build_clip(spec, weights, seed)
+        model, self.weights, self._cfg = build_clip(spec, weights)
         model.visual = None  # only the text tower is used
         self.model = model.eval().requires_grad_(False)
         self.templates = tuple(spec.config.get("templates", ()))
@@ -85,29 +107,3 @@ class OpenClipTextTeacher(Teacher):
         b, t, n = ids.shape
         per_template = F.normalize(self.model.encode_text(ids.reshape(b * t, n)).float(), dim=-1)
         return {"embeds": F.normalize(per_template.reshape(b, t, -1).mean(1), dim=-1)}
-
-
-def build(spec: TeacherSpec, **options: Any) -> OpenClipTextTeacher:
-    from ..errors import FeatstoreError
-
-    if options.pop("preprocessing", None) is not None:
-        raise FeatstoreError(f"teacher {spec.name} takes no --preprocessing option.")
-    return OpenClipTextTeacher(spec, **options)
-
-
-_TINY = tiny_config(32, 32, 16, quick_gelu=True)
-SPECS = [
-    TeacherSpec("vitb32-text", "openclip-text", "text",
-                "CLIP ViT-B/32 (OpenAI weights) encode_text of captions; ViECap's training feature",
-                {"arch": "ViT-B-32-quickgelu", "pretrained": "openai"}),
-    TeacherSpec("vitb32-vocab", "openclip-text", "text",
-                "CLIP ViT-B/32 vocabulary embeddings: ViECap's 7 prompt templates, averaged",
-                {"arch": "ViT-B-32-quickgelu", "pretrained": "openai",
-                 "templates": VIECAP_TEMPLATES}),
-    TeacherSpec("vitb32-text-tiny", "openclip-text", "text",
-                "vitb32-text's architecture class at toy width, random weights; for tests",
-                {"arch": "ViT-B-32-quickgelu", "model_cfg": _TINY}),
-    TeacherSpec("vitb32-vocab-tiny", "openclip-text", "text",
-                "vitb32-vocab at toy width, random weights; for tests",
-                {"arch": "ViT-B-32-quickgelu", "model_cfg": _TINY, "templates": VIECAP_TEMPLATES}),
-]  # fmt: skip

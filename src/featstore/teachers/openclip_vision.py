@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FeatstoreError
+from . import register_family
 from ._openclip import build_clip, model_config, tiny_config
-from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec
+from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec, Weights
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -99,50 +100,6 @@ def _vision_geometry(model_cfg: dict[str, Any]) -> tuple[int, int, int, int]:
     return v["image_size"], v["patch_size"], v["width"], model_cfg["embed_dim"]
 
 
-def outputs_for(spec: TeacherSpec) -> dict[str, OutputSpec]:
-    size, patch, width, embed = _vision_geometry(model_config(spec))
-    n_tokens = (size // patch) ** 2
-    outputs = {
-        "tokens": OutputSpec(
-            (n_tokens, width), "patch tokens after ln_post, CLS dropped, unprojected"
-        ),
-        "embeds": OutputSpec((embed,), "pooled, projected image embedding (encode_image)"),
-    }
-    order = spec.config.get("outputs", list(outputs))
-    return {k: outputs[k] for k in order}
-
-
-class OpenClipVisionTeacher(Teacher):
-    def __init__(
-        self,
-        spec: TeacherSpec,
-        weights: str = "pretrained",
-        preprocessing: str = "standard",
-        seed: int = 0,
-    ):
-        self.spec = spec
-        self.outputs = outputs_for(spec)
-        model, self.weights, cfg = build_clip(spec, weights, seed)
-        self.model = model.visual.eval().requires_grad_(False)  # the text tower is not needed
-        self.model.output_tokens = True
-        self._cfg = cfg
-        self.preprocessor = ClipImagePreprocessor(_vision_geometry(cfg)[0], preprocessing)
-
-    def architecture(self) -> dict[str, Any]:
-        return {"arch": self.spec.config.get("arch"), "vision_cfg": self._cfg["vision_cfg"],
-                "embed_dim": self._cfg["embed_dim"],
-                "quick_gelu": bool(self._cfg.get("quick_gelu", False))}  # fmt: skip
-
-    def forward(self, batch: torch.Tensor, kinds: list[str]) -> dict[str, torch.Tensor]:
-        pooled, tokens = self.model(batch.to(self.device, non_blocking=True))
-        out = {"tokens": tokens, "embeds": pooled}
-        return {k: out[k] for k in kinds}
-
-
-def build(spec: TeacherSpec, **options: Any) -> OpenClipVisionTeacher:
-    return OpenClipVisionTeacher(spec, **options)
-
-
 SPECS = [
     TeacherSpec(
         "bigG", "openclip-vision", "image",
@@ -179,3 +136,42 @@ SPECS = [
          "outputs": ["embeds", "tokens"]},
     ),
 ]  # fmt: skip
+
+
+def outputs_for(spec: TeacherSpec) -> dict[str, OutputSpec]:
+    size, patch, width, embed = _vision_geometry(model_config(spec))
+    n_tokens = (size // patch) ** 2
+    outputs = {
+        "tokens": OutputSpec(
+            (n_tokens, width), "patch tokens after ln_post, CLS dropped, unprojected"
+        ),
+        "embeds": OutputSpec((embed,), "pooled, projected image embedding (encode_image)"),
+    }
+    order = spec.config.get("outputs", list(outputs))
+    return {k: outputs[k] for k in order}
+
+
+@register_family("openclip-vision", SPECS)
+class OpenClipVisionTeacher(Teacher):
+    """``preprocessing``: "standard" (open_clip's eval transform) or "mindeye"."""
+
+    outputs_for = staticmethod(outputs_for)
+
+    def __init__(self, spec: TeacherSpec, weights: Weights, preprocessing: str = "standard"):
+        self.spec = spec
+        self.outputs = outputs_for(spec)
+        model, self.weights, cfg = build_clip(spec, weights)
+        self.model = model.visual.eval().requires_grad_(False)  # the text tower is not needed
+        self.model.output_tokens = True
+        self._cfg = cfg
+        self.preprocessor = ClipImagePreprocessor(_vision_geometry(cfg)[0], preprocessing)
+
+    def architecture(self) -> dict[str, Any]:
+        return {"arch": self.spec.config.get("arch"), "vision_cfg": self._cfg["vision_cfg"],
+                "embed_dim": self._cfg["embed_dim"],
+                "quick_gelu": bool(self._cfg.get("quick_gelu", False))}  # fmt: skip
+
+    def forward(self, batch: torch.Tensor, kinds: list[str]) -> dict[str, torch.Tensor]:
+        pooled, tokens = self.model(batch.to(self.device, non_blocking=True))
+        out = {"tokens": tokens, "embeds": pooled}
+        return {k: out[k] for k in kinds}

@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,10 @@ import torch
 
 from ..errors import FeatstoreError, SourceError
 from ..hashing import canonical_json, directory_digest, file_digest
-from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec
+from . import register_family
+from ._bundled import bundled_files
+from ._numbers import NORMALIZERS, normalize_numbers
+from .base import OutputSpec, Preprocessor, Teacher, TeacherSpec, Weights
 
 TTS_REPO = "facebook/mms-tts-eng"
 ENCODER_REPO = "Qwen/Qwen2-Audio-7B-Instruct"
@@ -69,14 +71,10 @@ def valid_frames(n_input_frames: int) -> int:
 
 
 def bundled_char_vocab() -> Path:
-    """A character vocabulary for random-weight TTS (no hub): ``vocab.json`` in a temp folder."""
-    out = Path(tempfile.gettempdir()) / "featstore-tts-chars-v1"
-    if not (out / "vocab.json").exists():
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent))
-        (tmp / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(CHAR_VOCAB)}))
-        (tmp / "vocab.json").replace(out / "vocab.json")
-    return out
+    """A character vocabulary for random-weight TTS (no hub): ``vocab.json`` in the user's
+    cache (see ``_bundled``)."""
+    vocab = json.dumps({c: i for i, c in enumerate(CHAR_VOCAB)})
+    return bundled_files("tts-chars-v1", {"vocab.json": lambda: vocab})
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -100,7 +98,8 @@ def tts_text(sentence: Any, vocab: set[str]) -> str:
         raise SourceError(
             f"sentence {_short(sentence)!r} has characters the TTS vocabulary lacks: "
             f"{', '.join(repr(c) for c in missing)}. Spell them out (e.g. '%' as 'percent') "
-            f"or remove them; the TTS would silently skip them."
+            f"or remove them; the TTS would silently skip them. Digits: pass --teacher-option "
+            f"text_normalizer=numbers to speak numbers as words."
         )
     spoken = "".join(c for c in text.lower() if c in vocab).strip()
     if not spoken:
@@ -118,7 +117,15 @@ def tts_seed(input_ids: torch.Tensor) -> int:
 class QwenAudioPreprocessor(Preprocessor):
     """Sentence → ``{"sentence", "input_ids" [n], "seed"}`` (the VITS tokenizer; no model)."""
 
-    def __init__(self, tokenizer, tokenizer_id: dict[str, Any], tts_noise: str, extra: dict):
+    def __init__(
+        self,
+        tokenizer,
+        tokenizer_id: dict[str, Any],
+        tts_noise: str,
+        extra: dict,
+        text_normalizer: str = "none",
+    ):
+        self.text_normalizer = text_normalizer
         self.tokenizer = tokenizer
         self.tokenizer_id = tokenizer_id
         self.tts_noise = tts_noise
@@ -133,9 +140,48 @@ class QwenAudioPreprocessor(Preprocessor):
                 "tts_precision": "fp32", **self.extra}  # fmt: skip
 
     def __call__(self, item: Any) -> dict[str, Any]:
-        text = tts_text(item, self.vocab)
+        spoken = normalize_numbers(item) if self.text_normalizer == "numbers" else item
+        text = tts_text(spoken, self.vocab)
         ids = torch.tensor(self.tokenizer(text)["input_ids"], dtype=torch.long)
         return {"sentence": item, "input_ids": ids, "seed": tts_seed(ids)}
+
+
+REAL_FEATURES = {"feature_size": 128, "sampling_rate": 16000, "hop_length": 160, "n_fft": 400,
+                 "chunk_length": 30}  # fmt: skip
+REAL_ENCODER = {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20,
+                "encoder_ffn_dim": 5120, "num_mel_bins": 128,
+                "max_source_positions": 1500}  # fmt: skip
+# Tiny: 60 input frames = 2 * max_source_positions: n_samples = 3 s * 16 kHz, hop 800.
+TINY_FEATURES = {"feature_size": 80, "sampling_rate": 16000, "hop_length": 800, "n_fft": 400,
+                 "chunk_length": 3}  # fmt: skip
+TINY_ENCODER = {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
+                "encoder_ffn_dim": 32, "num_mel_bins": 80, "max_source_positions": 30}  # fmt: skip
+TINY_TTS = {
+    "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "ffn_dim": 16,
+    "flow_size": 8, "spectrogram_bins": 9, "upsample_initial_channel": 8,
+    "upsample_rates": [16, 16], "upsample_kernel_sizes": [32, 32], "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1]], "depth_separable_num_layers": 1,
+    "duration_predictor_filter_channels": 8, "duration_predictor_num_flows": 1,
+    "prior_encoder_num_flows": 1, "prior_encoder_num_wavenet_layers": 1,
+    "posterior_encoder_num_wavenet_layers": 1, "wavenet_kernel_size": 3,
+}  # fmt: skip
+
+SPECS = [
+    TeacherSpec(
+        "qwen-audio", "qwen-audio", "text",
+        "Qwen2-Audio-7B-Instruct audio tower over MMS-TTS (eng) speech: frames [T,1280] (25 Hz), "
+        "pooled [1280]",
+        {"repo": ENCODER_REPO, "tts": TTS_REPO, "width": 1280, "encoder_cfg": REAL_ENCODER,
+         "features": REAL_FEATURES},
+    ),
+    TeacherSpec(
+        "qwen-audio-tiny", "qwen-audio", "text",
+        "qwen-audio's pipeline at toy size (tiny VITS, 2-layer width-32 encoder, 3 s window), "
+        "random weights; for tests",
+        {"tts": "random", "tts_cfg": TINY_TTS, "width": 32, "encoder_cfg": TINY_ENCODER,
+         "features": TINY_FEATURES},
+    ),
+]  # fmt: skip
 
 
 def outputs_for(spec: TeacherSpec) -> dict[str, OutputSpec]:
@@ -272,15 +318,22 @@ ENCODER_KEYS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder
                 "scale_embedding")  # fmt: skip
 
 
+@register_family("qwen-audio", SPECS)
 class QwenAudioTeacher(Teacher):
+    """Options: ``tts`` (hub repo, local dir or "random"), ``tts_noise`` ("seeded"/"zero"),
+    ``encoder_mask`` ("qwen2-audio"/"none"), ``text_normalizer`` ("none"/"numbers")."""
+
+    hub_ids = True
+    outputs_for = staticmethod(outputs_for)
+
     def __init__(
         self,
         spec: TeacherSpec,
-        weights: str = "pretrained",
-        seed: int = 0,
+        weights: Weights,
         tts: str | None = None,
         tts_noise: str = "seeded",
         encoder_mask: str = "qwen2-audio",
+        text_normalizer: str = "none",
     ):
         from transformers import WhisperFeatureExtractor
         from transformers.models.qwen2_audio.configuration_qwen2_audio import (
@@ -296,11 +349,14 @@ class QwenAudioTeacher(Teacher):
             raise FeatstoreError(
                 f"unknown encoder_mask {encoder_mask!r}; choose {' or '.join(ENCODER_MASKS)}"
             )
+        if text_normalizer not in NORMALIZERS:
+            raise FeatstoreError(f"unknown text_normalizer {text_normalizer!r}; choose "
+                                 f"{' or '.join(NORMALIZERS)}")  # fmt: skip
         self.spec = spec
         self.outputs = outputs_for(spec)
         self.tts_noise, self.encoder_mask = tts_noise, encoder_mask
 
-        vits, tokenizer, tts_id = _load_tts(spec, tts or spec.config["tts"], seed)
+        vits, tokenizer, tts_id = _load_tts(spec, tts or spec.config["tts"], weights.seed)
         if tokenizer.phonemize or tokenizer.is_uroman or not tokenizer.normalize:
             raise FeatstoreError(
                 "only MMS-TTS checkpoints that read characters directly are supported "
@@ -309,16 +365,12 @@ class QwenAudioTeacher(Teacher):
         if tts_noise == "zero":
             vits.noise_scale = vits.noise_scale_duration = 0.0
 
-        if weights == "random":
-            torch.manual_seed(seed)
+        if weights.kind == "random":
+            torch.manual_seed(weights.seed)
             encoder = Qwen2AudioEncoder(Qwen2AudioEncoderConfig(**spec.config["encoder_cfg"]))
-            enc_id = {"kind": "random", "seed": seed}
+            enc_id = {"kind": "random", "seed": weights.seed}
         else:
-            location = spec.config.get("repo") if weights == "pretrained" else weights
-            if location is None:
-                raise FeatstoreError(
-                    f"teacher {spec.name} has no pretrained weights; use --weights random"
-                )
+            location = spec.config["repo"] if weights.kind == "pretrained" else weights.location
             encoder, enc_id = load_audio_tower(location)
 
         self.features = WhisperFeatureExtractor(**spec.config["features"])
@@ -327,8 +379,8 @@ class QwenAudioTeacher(Teacher):
         self._encoder_config = {k: getattr(encoder.config, k) for k in ENCODER_KEYS}
         if encoder.config.d_model != spec.config["width"]:
             raise FeatstoreError(
-                f"weights {weights!r} have d_model {encoder.config.d_model}, but teacher "
-                f"{spec.name} is {spec.config['width']} wide."
+                f"weights {weights.location or weights.kind!r} have d_model "
+                f"{encoder.config.d_model}, but teacher {spec.name} is {spec.config['width']} wide."
             )
         if (encoder.config.num_mel_bins != fe.feature_size
                 or 2 * encoder.config.max_source_positions != fe.nb_max_frames):  # fmt: skip
@@ -353,9 +405,11 @@ class QwenAudioTeacher(Teacher):
                        "n_fft": fe.n_fft, "chunk_length": fe.chunk_length,
                        "n_samples": fe.n_samples, "dither": fe.dither,
                        "padding_value": fe.padding_value}  # fmt: skip
-        self.preprocessor = QwenAudioPreprocessor(
-            tokenizer, tok_id, tts_noise, {"features": features_id, "encoder_mask": encoder_mask}
-        )
+        extra = {"features": features_id, "encoder_mask": encoder_mask}
+        if text_normalizer != "none":  # absent from the key by default: keys stay as they were
+            extra["text_normalizer"] = NORMALIZERS[text_normalizer]
+        self.preprocessor = QwenAudioPreprocessor(tokenizer, tok_id, tts_noise, extra,
+                                                  text_normalizer)  # fmt: skip
 
     def architecture(self) -> dict[str, Any]:
         return {"class": "VitsModel>WhisperFeatureExtractor>Qwen2AudioEncoder",
@@ -433,56 +487,3 @@ class QwenAudioTeacher(Teacher):
         if "pooled" in kinds:
             out["pooled"] = torch.stack([f.float().mean(0) for f in frames])
         return out
-
-
-def build(
-    spec: TeacherSpec, weights: str = "pretrained", seed: int = 0, **options: Any
-) -> QwenAudioTeacher:
-    """Options: ``tts`` (hub repo, local dir or "random"), ``tts_noise`` ("seeded"/"zero"),
-    ``encoder_mask`` ("qwen2-audio"/"none")."""
-    if options.pop("preprocessing", None) is not None:
-        raise FeatstoreError(f"teacher {spec.name} takes no --preprocessing option; its options "
-                             f"are tts, tts_noise and encoder_mask.")  # fmt: skip
-    unknown = sorted(set(options) - {"tts", "tts_noise", "encoder_mask"})
-    if unknown:
-        raise FeatstoreError(f"teacher {spec.name} has no option {unknown[0]!r}; its options "
-                             f"are tts, tts_noise and encoder_mask.")  # fmt: skip
-    return QwenAudioTeacher(spec, weights=weights, seed=seed, **options)
-
-
-REAL_FEATURES = {"feature_size": 128, "sampling_rate": 16000, "hop_length": 160, "n_fft": 400,
-                 "chunk_length": 30}  # fmt: skip
-REAL_ENCODER = {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20,
-                "encoder_ffn_dim": 5120, "num_mel_bins": 128,
-                "max_source_positions": 1500}  # fmt: skip
-# Tiny: 60 input frames = 2 * max_source_positions: n_samples = 3 s * 16 kHz, hop 800.
-TINY_FEATURES = {"feature_size": 80, "sampling_rate": 16000, "hop_length": 800, "n_fft": 400,
-                 "chunk_length": 3}  # fmt: skip
-TINY_ENCODER = {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
-                "encoder_ffn_dim": 32, "num_mel_bins": 80, "max_source_positions": 30}  # fmt: skip
-TINY_TTS = {
-    "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "ffn_dim": 16,
-    "flow_size": 8, "spectrogram_bins": 9, "upsample_initial_channel": 8,
-    "upsample_rates": [16, 16], "upsample_kernel_sizes": [32, 32], "resblock_kernel_sizes": [3],
-    "resblock_dilation_sizes": [[1]], "depth_separable_num_layers": 1,
-    "duration_predictor_filter_channels": 8, "duration_predictor_num_flows": 1,
-    "prior_encoder_num_flows": 1, "prior_encoder_num_wavenet_layers": 1,
-    "posterior_encoder_num_wavenet_layers": 1, "wavenet_kernel_size": 3,
-}  # fmt: skip
-
-SPECS = [
-    TeacherSpec(
-        "qwen-audio", "qwen-audio", "text",
-        "Qwen2-Audio-7B-Instruct audio tower over MMS-TTS (eng) speech: frames [T,1280] (25 Hz), "
-        "pooled [1280]",
-        {"repo": ENCODER_REPO, "tts": TTS_REPO, "width": 1280, "encoder_cfg": REAL_ENCODER,
-         "features": REAL_FEATURES},
-    ),
-    TeacherSpec(
-        "qwen-audio-tiny", "qwen-audio", "text",
-        "qwen-audio's pipeline at toy size (tiny VITS, 2-layer width-32 encoder, 3 s window), "
-        "random weights; for tests",
-        {"tts": "random", "tts_cfg": TINY_TTS, "width": 32, "encoder_cfg": TINY_ENCODER,
-         "features": TINY_FEATURES},
-    ),
-]  # fmt: skip

@@ -1,0 +1,5 @@
+"""``python -m featstore``: the ``featstore`` command, also under ``torchrun ... -m featstore``."""
+
+from featstore_cli.featstore_app import app
+
+app(prog_name="featstore")
