@@ -178,8 +178,8 @@ def check_same(readers: dict[str, Callable[[np.ndarray], np.ndarray]], arr, rows
 
 def copy_without_huge_pages(arr: np.ndarray) -> np.ndarray:
     """A copy of ``arr`` in 4 KiB pages. numpy asks for transparent huge pages on large arrays
-    (``MADV_HUGEPAGE``); page-cache mappings never get them, so this is the in-RAM baseline
-    with the same TLB cost as any memory-mapped reader."""
+    (``MADV_HUGEPAGE``); whether page-cache maps get them depends on the kernel and file system
+    (``huge_page_share`` measures it), so this shows what huge pages are worth here."""
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
     except ImportError:  # numpy < 2
@@ -191,6 +191,28 @@ def copy_without_huge_pages(arr: np.ndarray) -> np.ndarray:
     finally:
         _set_madvise_hugepage(previous)
     return out
+
+
+def huge_page_share(under: Path) -> float | None:
+    """Share of this process's resident mapped bytes of files under ``under`` that the kernel
+    maps with 2 MiB pages (``FilePmdMapped / Rss`` in /proc/self/smaps; Linux 4.8+). Recent
+    kernels with large folios in the page cache (ext4 since 6.x, xfs) give file maps huge
+    pages too; older ones never do."""
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    mine, rss, pmd = False, 0, 0
+    for line in lines:
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:
+            mine = len(fields) >= 6 and fields[5].startswith(str(under))
+        elif mine and fields and fields[0] in ("Rss:", "FilePmdMapped:"):
+            if fields[0] == "Rss:":
+                rss += int(fields[1])
+            else:
+                pmd += int(fields[1])
+    return pmd / rss if rss else None
 
 
 def mmap_views(entry: Entry) -> Callable[[np.ndarray], np.ndarray]:
@@ -268,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
         "featstore": "(a) featstore `Entry.gather` (mmap of raw Zarr v3 chunks, verify=True)",
         "featstore-noverify": "(a') featstore `Entry.gather`, verify=False",
         "numpy": "(b) numpy array in RAM, `arr[rows]`",
-        "numpy-4k": "(b') the same array in RAM without huge pages (as page-cache maps are)",
+        "numpy-4k": "(b') the same array in RAM in 4 KiB pages",
         "h5py": "(c) h5py contiguous dataset, sorted fancy index",
         "zarr": f"(d) zarr-python `get_orthogonal_selection` ({args.zarr_iters} batches)",
         "mmap-views": "(ref) plain ndarray views of np.memmap over the same chunk files",
@@ -289,6 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
     zarr_part = batches[: args.zarr_iters]
     rounds["zarr"].append(len(zarr_part) * args.batch / time_reader(readers["zarr"], zarr_part))
     h5.close()
+    huge_share = huge_page_share(entry_path)  # the maps the warm reads opened
 
     load_end = os.getloadavg()
     rates = {name: statistics.median(r) for name, r in rounds.items()}
@@ -337,6 +360,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{numpy_vs_h5py:.2f}x h5py here); {paired('featstore', 'numpy-4k'):.2f}x numpy without "
         f"huge pages, {paired('featstore', 'mmap-views'):.2f}x plain memmap views"
     )
+    if huge_share is not None:
+        print(f"the entry's memory maps: {huge_share:.0%} of resident bytes in 2 MiB pages")
 
     result = {
         "benchmark": "read_targets",
@@ -351,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_numpy_vs_h5py": numpy_vs_h5py,
         "goals": {"vs_numpy": GOAL_VS_NUMPY, "vs_h5py": GOAL_VS_H5PY},
         "goals_met": {"vs_numpy": ok_np, "vs_h5py": ok_h5},
+        "entry_maps_huge_page_share": huge_share,
         "first_touch_verify_s": verify_s,
         "first_touch_verify_gib_per_s": entry_bytes / verify_s / 2**30,
         "n_chunks": n_units,

@@ -511,3 +511,28 @@ def test_kind_is_detected_from_original_file_names(tmp_path):
     }
     for path, kind in cases.items():
         assert detect_kind(path) == kind, path
+
+
+def test_a_registered_source_is_detected_and_opened_without_other_edits(tmp_path):
+    from featstore.sources import SOURCES, Source, detect_kind, open_source, register_source
+
+    @register_source
+    class Lines(Source):  # one image path per line of a ".lines" file
+        kind, modality = "test-lines", "image"
+
+        @classmethod
+        def detect(cls, path):
+            return 50 if path.suffix == ".lines" else 0
+
+        def __init__(self, path):
+            names = path.read_text().split()
+            super().__init__(path, np.asarray(names, dtype=object))
+
+    try:
+        listing = tmp_path / "shots.lines"
+        listing.write_text("a.png\nb.png\n")
+        assert detect_kind(listing) == "test-lines"
+        assert open_source(listing).ids.tolist() == ["a.png", "b.png"]
+        assert detect_kind(tmp_path / "captions.txt") == "text-list"  # others unchanged
+    finally:
+        del SOURCES["test-lines"]

@@ -63,12 +63,13 @@ class RawRows:
     """Rows of a raw Zarr v3 array, read from its chunk files in one of two ways.
 
     Warm (rows in the page cache): copies out of memory maps of the chunk files, the fastest
-    way to read cached bytes (0.95x a numpy array in RAM). Cold (rows on disk): a page fault
-    on a map reads a large row in small synchronous pieces, so the reader first tells the
-    kernel every row of the batch (``POSIX_FADV_WILLNEED``, which starts reading them all at
-    once) and then ``pread``s each row straight into the output, with no page faults and no
-    mapped pages left behind. Which way is chosen per batch from how long the last batch took
-    (``prefetch="auto"``); ``"always"`` keeps the cold way, ``"never"`` the maps.
+    way to read cached bytes (0.81-0.96x a numpy array in RAM here; docs/benchmarks.md).
+    Cold (rows on disk): a page fault on a map reads a large row in small synchronous pieces,
+    so the reader first tells the kernel every row of the batch (``POSIX_FADV_WILLNEED``,
+    which starts reading them all at once) and then ``pread``s each row straight into the
+    output, with no page faults and no mapped pages left behind. Which way is chosen per batch
+    from how long the last batch took (``prefetch="auto"``); ``"always"`` keeps the cold way,
+    ``"never"`` the maps.
     """
 
     def __init__(

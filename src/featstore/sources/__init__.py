@@ -1,52 +1,33 @@
-"""Source registry: ``open_source(path)`` picks the reader from the path, or ``kind=`` forces it."""
+"""Source registry: ``open_source(path)`` picks the reader from the path, or ``kind=`` forces it.
+
+A source kind is one module of this package: a ``Source`` subclass decorated with
+``@register_source``, which names itself by ``kind`` and says which paths it recognises
+(``detect``). Every module here is imported with the package, so adding a reader is adding one
+file.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Callable
+import pkgutil
 from pathlib import Path
 from typing import Any
 
 from ..errors import SourceError
-from .base import Source, read_ids
-from .coco_captions import CocoCaptions
-from .image_folder import ImageFolder
-from .nsd import NsdImages
-from .t15 import T15Sentences
-from .text_list import SUFFIXES as TEXT_SUFFIXES
-from .text_list import TextList
-from .tvsd import TvsdImages
-from .vocabulary import Vocabulary
+from .base import SOURCES, Source, read_ids, register_source
 
-SOURCES: dict[str, Callable[..., Source]] = {
-    "nsd-images": NsdImages,
-    "image-folder": ImageFolder,
-    "text-list": TextList,
-    "t15-sentences": T15Sentences,
-    "coco-captions": CocoCaptions,
-    "tvsd-images": TvsdImages,
-    "vocabulary": Vocabulary,
-}
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def detect_kind(path: Path) -> str:
     """The reader for a path, from the original datasets' file names; --source-kind overrides."""
-    name = path.name.lower()
-    if path.is_dir():
-        if any(path.rglob("data_*.hdf5")):
-            return "t15-sentences"
-        if any(path.glob("captions_*.json")):
-            return "coco-captions"
-        return "image-folder"
-    suffix = path.suffix.lower()
-    if suffix == ".mat":
-        return "tvsd-images"
-    if suffix in (".h5", ".hdf5"):
-        return "t15-sentences" if name.startswith("data_") else "nsd-images"
-    if suffix == ".json" and (name.startswith("captions_") or name == "dataset_coco.json"):
-        return "coco-captions"
-    if suffix in TEXT_SUFFIXES:
-        return "text-list"
+    scores = {kind: cls.detect(path) for kind, cls in SOURCES.items()}
+    kind = max(scores, key=scores.__getitem__)
+    if scores[kind] > 0:
+        return kind
     if not path.exists():
         raise SourceError(f"source {path} does not exist.")
     raise SourceError(
@@ -75,7 +56,12 @@ def open_source(
     return source
 
 
-__all__ = [
-    "SOURCES", "CocoCaptions", "ImageFolder", "NsdImages", "Source", "T15Sentences", "TextList",
-    "TvsdImages", "Vocabulary", "detect_kind", "open_source", "read_ids",
-]  # fmt: skip
+def __getattr__(name: str) -> type[Source]:
+    """The reader classes by name (``from featstore.sources import NsdImages``)."""
+    for cls in SOURCES.values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["SOURCES", "Source", "detect_kind", "open_source", "read_ids", "register_source"]

@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import SourceError
 from ..hashing import DigestMemo
 from ._common import duplicates, text_digest
-from .base import Source
+from .base import Source, register_source
 
 PER_IMAGE = ("all", "first")
 KARPATHY_SPLITS = ("train", "val", "test", "restval")
@@ -135,9 +135,18 @@ def read_nsd_stim_info(path: Path) -> dict[int, int]:
     return mapping
 
 
+@register_source
 class CocoCaptions(Source):
     kind = "coco-captions"
     modality = "text"
+
+    @classmethod
+    def detect(cls, path: Path) -> int:
+        name = path.name.lower()
+        if path.is_dir():
+            return 20 if any(path.glob("captions_*.json")) else 0
+        is_captions = name.startswith("captions_") or name == "dataset_coco.json"
+        return 20 if path.suffix.lower() == ".json" and is_captions else 0
 
     def __init__(
         self,

@@ -11,14 +11,19 @@ from PIL import Image
 
 from ..errors import SourceError
 from ..hashing import DigestMemo, file_digest
-from .base import Source
+from .base import Source, register_source
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
 
 
+@register_source
 class ImageFolder(Source):
     kind = "image-folder"
     modality = "image"
+
+    @classmethod
+    def detect(cls, path: Path) -> int:
+        return 1 if path.is_dir() else 0  # any folder, when no other reader claims it
 
     def __init__(self, path: str | os.PathLike):
         path = Path(path)

@@ -15,14 +15,19 @@ import torch
 
 from ..errors import SourceError
 from ..hashing import DigestMemo, hash_ids
-from .base import Source
+from .base import Source, register_source
 
 DATASET = "images"
 
 
+@register_source
 class NsdImages(Source):
     kind = "nsd-images"
     modality = "image"
+
+    @classmethod
+    def detect(cls, path: Path) -> int:
+        return 10 if path.suffix.lower() in (".h5", ".hdf5") else 0
 
     def __init__(self, path: str | os.PathLike, dataset: str = DATASET):
         path = Path(path)

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import SourceError
 from ..hashing import DigestMemo
 from ._common import as_int, as_str, duplicates, text_digest
-from .base import Source
+from .base import Source, register_source
 
 SPLITS = ("train", "val", "test")
 FILE_RE = re.compile(r"^data_(?P<split>[^.]+)\.(hdf5|h5)$")
@@ -67,9 +67,17 @@ def _find_files(path: Path, splits: tuple[str, ...]) -> list[tuple[Path, str]]:
     return found
 
 
+@register_source
 class T15Sentences(Source):
     kind = "t15-sentences"
     modality = "text"
+
+    @classmethod
+    def detect(cls, path: Path) -> int:
+        if path.is_dir():
+            return 30 if any(path.rglob("data_*.hdf5")) else 0
+        named = path.name.lower().startswith("data_")
+        return 30 if named and path.suffix.lower() in (".h5", ".hdf5") else 0
 
     def __init__(self, path: str | os.PathLike, splits: Any = SPLITS):
         path = Path(path)

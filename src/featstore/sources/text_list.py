@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import SourceError
 from ..hashing import DigestMemo
 from ._common import duplicates
-from .base import Source
+from .base import Source, register_source
 
 SUFFIXES = {".txt", ".json", ".jsonl", ".csv", ".tsv"}
 
@@ -67,9 +67,14 @@ def _json_kind(value: Any) -> str:
     return "list" if isinstance(value, list) else "object"
 
 
+@register_source
 class TextList(Source):
     kind = "text-list"
     modality = "text"
+
+    @classmethod
+    def detect(cls, path: Path) -> int:
+        return 5 if path.suffix.lower() in SUFFIXES else 0
 
     def __init__(self, path: str | os.PathLike, id_field: str = "id", text_field: str = "text"):
         path = Path(path)

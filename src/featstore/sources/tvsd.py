@@ -24,7 +24,7 @@ from PIL import Image
 from ..errors import SourceError
 from ..hashing import DigestMemo, file_digest
 from ._common import duplicates
-from .base import Source
+from .base import Source, register_source
 
 SPLITS = {"train": "train_imgs", "test": "test_imgs"}
 FIELD = "things_path"
@@ -115,9 +115,14 @@ def read_things_paths(path: Path, split: str) -> list[str]:
     return out
 
 
+@register_source
 class TvsdImages(Source):
     kind = "tvsd-images"
     modality = "image"
+
+    @classmethod
+    def detect(cls, path: Path) -> int:
+        return 10 if path.suffix.lower() == ".mat" else 0
 
     def __init__(
         self, path: str | os.PathLike, images_root: str | os.PathLike, split: str = "train"

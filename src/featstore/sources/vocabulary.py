@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import SourceError
 from ..hashing import DigestMemo
 from ._common import duplicates, text_digest
-from .base import Source
+from .base import Source, register_source
 
 
 def _entities(path: Path) -> list[str]:
@@ -42,6 +42,7 @@ def _entities(path: Path) -> list[str]:
     return out
 
 
+@register_source
 class Vocabulary(Source):
     kind = "vocabulary"
     modality = "text"
