@@ -38,7 +38,14 @@ class Report:
 
 
 def percent_line(name: str, score: dict[str, float]) -> str:
-    """``name: 70.0% ± 1.2% (300-way; chance 0.3%)`` for an N-way accuracy over draws."""
+    """``name: 70.0% ± 1.2% (300-way; chance 0.3%)`` for an N-way accuracy over draws, or
+    ``name: 70.0% (40-way: all test items, one draw; chance 2.5%)`` when every draw would be the
+    whole test set (a CI of 0 would claim an exactness the one draw does not have)."""
+    if score.get("whole_set"):
+        return (
+            f"{name}: {score['mean']:.1%} ({score['way']}-way: all test items, one draw; "
+            f"chance {score['chance']:.1%})"
+        )
     return (
         f"{name}: {score['mean']:.1%} ± {score['ci95']:.1%} ({score['way']}-way; "
         f"chance {score['chance']:.1%})"

@@ -117,6 +117,9 @@ def retrieval_scores(
     }
     if text:
         out["text_retrieval"] = summary(text, k_text, ddof=0)
+        out["text_retrieval"]["whole_set"] = k_text == n_text
+    for name in ("image_retrieval", "brain_retrieval"):
+        out[name]["whole_set"] = k == n
     return out
 
 
