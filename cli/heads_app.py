@@ -90,12 +90,17 @@ def evaluate(
     overrides: list[str] = typer.Option(
         None, "--set", "-s", help="eval.key=value, e.g. eval.way=100 (repeatable)."
     ),
-    weights: str = typer.Option("auto", help="auto (best if kept, else last), best or last."),
+    weights: str = typer.Option(
+        "auto", help="auto (best if kept, else last), best, last or epoch-N (keep_epoch_weights)."
+    ),
+    split: str = typer.Option(
+        None, help="The split to evaluate (same as --set eval.split=SPLIT; brain2text, viecap)."
+    ),
 ) -> None:
     """Evaluate a trained run; prints the head's report and the files it wrote."""
     from heads import runs
 
-    report, path = runs.evaluate_run(head, run, overrides or [], weights)
+    report, path = runs.evaluate_run(head, run, overrides or [], weights, split=split)
     typer.echo(f"weights: {path}")
     for line in report.format():
         typer.echo(line)

@@ -73,6 +73,7 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
 def save_weights(model: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(trainable_state(model), str(tmp))
     tmp.replace(path)
@@ -86,11 +87,24 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def epoch_weights(run_dir: Path, epoch: int) -> Path:
+    """Where ``train.keep_epoch_weights`` keeps the weights at the end of ``epoch`` (from 1)."""
+    return Path(run_dir) / "weights" / f"epoch-{epoch:03d}.safetensors"
+
+
 def weights_file(run_dir: Path, which: str = "auto") -> Path:
-    """``best`` / ``last`` weights of a run; ``auto`` = best when the run kept one."""
+    """``best`` / ``last`` / ``epoch-N`` weights of a run; ``auto`` = best when the run kept
+    one."""
     run_dir = Path(run_dir)
+    if which.startswith("epoch-") and which[6:].isdigit():
+        path = epoch_weights(run_dir, int(which[6:]))
+        if not path.is_file():
+            kept = sorted(p.stem for p in (run_dir / "weights").glob("epoch-*.safetensors"))
+            have = ", ".join(kept) if kept else "none (train.keep_epoch_weights was off)"
+            raise RunDirError(f"{run_dir} kept no {which} weights; kept: {have}.")
+        return path
     if which not in ("auto", "best", "last"):
-        raise RunDirError(f"weights {which!r}: use auto, best or last.")
+        raise RunDirError(f"weights {which!r}: use auto, best, last or epoch-N.")
     best, last = run_dir / BEST_WEIGHTS, run_dir / FINAL_WEIGHTS
     if which == "best" or (which == "auto" and best.is_file()):
         if not best.is_file():

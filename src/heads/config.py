@@ -66,6 +66,7 @@ class TrainConfig:
     eval_every: int = 1  # evaluate every N epochs; 0 = only at the end
     eval_every_steps: int = 0  # > 0: every N optimizer steps instead
     checkpoint_every_steps: int = 0  # > 0: also every N steps (always at epoch ends)
+    keep_epoch_weights: bool = False  # also keep each epoch's weights: weights/epoch-NNN
     best_metric: str = ""  # a validation metric: keep best.safetensors
     best_mode: str = "max"  # max or min
     patience: int = 0  # stop after N evaluations without improvement; 0 = never

@@ -45,6 +45,8 @@ RESUMABLE_KEYS = {
     "train.log_every",
     "train.tensorboard",
     "train.compile",
+    "train.checkpoint_every_steps",
+    "train.keep_epoch_weights",
 }
 
 
@@ -101,7 +103,13 @@ def plan_training(
         if source.is_dir():
             ckpt_mod.weights_file(source)  # a run that has weights
     if cfg["train"]["init_skip"] and not source:
-        raise ConfigError("--init-skip without --init-from: give the run to start from.")
+        where = (
+            "--init-skip" if init_skip else f"train.init_skip (recipe {recipe_name!r}, -c, --set)"
+        )
+        raise ConfigError(
+            f"{where} names tensors to skip when starting from another run, but no run was "
+            f"given: pass --init-from RUN."
+        )
     _join(cfg)
     name = head.name if recipe_name == "default" else f"{head.name}-{recipe_name}"
     out = Path(run_dir) if run_dir else distributed.broadcast(new_run_dir(name))
@@ -205,9 +213,17 @@ def load_trained(
 
 
 def evaluate_run(
-    head_name: str, run_dir: Path, overrides: list[str] = (), weights: str = "auto"
+    head_name: str,
+    run_dir: Path,
+    overrides: list[str] = (),
+    weights: str = "auto",
+    split: str | None = None,
 ) -> tuple[Report, Path]:
-    """``heads eval``: the head's final evaluation of a trained run (no gradients)."""
+    """``heads eval``: the head's final evaluation of a trained run (no gradients). ``split`` is
+    shorthand for the override ``eval.split=SPLIT`` (heads whose [eval] has no split refuse it
+    as an unknown key)."""
+    if split is not None:
+        overrides = [*overrides, f"eval.split={json.dumps(split)}"]
     head, model, path = load_trained(head_name, run_dir, overrides, weights)
     device = next(model.parameters(), torch.empty(0)).device
     _, dtype = resolve_precision(head.cfg["train"]["precision"], device)

@@ -498,6 +498,8 @@ def train(
             )
             say(f"epoch {epoch + 1}/{epochs}: {shown}")
             save_checkpoint()
+            if t.keep_epoch_weights and ctx.is_main:
+                ckpt_mod.save_weights(model, ckpt_mod.epoch_weights(run_dir, epoch + 1))
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                 break
     finally:

@@ -94,6 +94,8 @@ def test_cli_trains_and_evaluates_a_non_retrieval_head(probe, tmp_path):
     assert "probe" in listing and "recipes: default, long" in listing
     wrong = runner.invoke(app, ["eval", "mindeye", str(run)])
     assert wrong.exit_code == 1 and "is a 'probe' run, not 'mindeye'" in wrong.output
+    no_splits = runner.invoke(app, ["eval", "probe", str(run), "--split", "test"])
+    assert no_splits.exit_code == 1 and "unknown config key 'eval" in no_splits.output
 
 
 def test_gradient_accumulation_equals_the_full_batch(probe, tmp_path):
@@ -198,6 +200,10 @@ def test_init_from_with_and_without_skips(probe, tmp_path):
     train(p)
     with pytest.raises(ConfigError, match="--init-from .*nowhere: no such run"):
         plan(probe, tmp_path, name="x", init_from=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"train.init_skip \(recipe 'default'.*--init-from RUN"):
+        plan(probe, tmp_path, 'train.init_skip=["readout.*"]', name="y")
+    with pytest.raises(ConfigError, match=r"^--init-skip names tensors"):
+        plan(probe, tmp_path, name="z", init_skip=["readout.*"])
 
 
 def test_init_from_names_mismatched_and_unknown_tensors(probe, tmp_path):
@@ -381,3 +387,18 @@ def test_torch_compile_switch_trains_the_same(probe, tmp_path):
     b = [r["loss"] for r in read_metrics(compiled.run_dir) if "loss" in r]
     assert a == pytest.approx(b, rel=1e-4)
     assert equal(weights(eager.run_dir), weights(compiled.run_dir), atol=1e-5)
+
+
+def test_keep_epoch_weights_keeps_each_epoch_and_eval_can_pick_one(probe, tmp_path):
+    run = tmp_path / "run"
+    train(plan(probe, tmp_path, "train.epochs=3", "train.keep_epoch_weights=true", name="run"))
+    kept = sorted(p.name for p in (run / "weights").iterdir())
+    assert kept == [f"epoch-00{i}.safetensors" for i in (1, 2, 3)]
+    assert equal(weights(run, "epoch-3"), weights(run, "last"))
+    assert not equal(weights(run, "epoch-1"), weights(run, "last"))
+    _, path = runs.evaluate_run("probe", run, weights="epoch-1")
+    assert path == run / "weights" / "epoch-001.safetensors"
+    with pytest.raises(RunDirError, match="kept no epoch-9 weights; kept: epoch-001, epoch-002"):
+        runs.evaluate_run("probe", run, weights="epoch-9")
+    train(plan(probe, tmp_path, "train.epochs=1", name="plain"))
+    assert not (tmp_path / "plain" / "weights").exists()  # off by default
