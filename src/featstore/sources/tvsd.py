@@ -31,20 +31,23 @@ FIELD = "things_path"
 V5_MAGIC = b"MATLAB 5.0 MAT-file"
 
 
-def _open_mat(path: Path) -> h5py.File:
+def open_mat_v73(path: Path, expected: str, error: type[Exception] = SourceError) -> h5py.File:
+    """A MATLAB v7.3 file (HDF5 inside) opened with h5py. v5/v7 MAT-files and other files are
+    one ``error`` saying how to re-save them; ``expected`` names the file the caller wants (stage
+    two's TVSD reader shares this with its own error type)."""
     try:
         return h5py.File(path, "r")
     except OSError:
         with open(path, "rb") as fh:
             head = fh.read(128)
         if head.startswith(V5_MAGIC):
-            raise SourceError(
+            raise error(
                 f"{path} is a MATLAB v5/v7 MAT-file, which h5py cannot read. Re-save it as v7.3 "
                 f"in MATLAB: load('{path.name}'); save('{path.name}', '-v7.3')."
             ) from None
-        raise SourceError(
-            f"{path} is not a MATLAB v7.3 (HDF5) file; expected TVSD's things_imgs.mat. If it is "
-            f"an older MAT-file, re-save it with save(..., '-v7.3')."
+        raise error(
+            f"{path} is not a MATLAB v7.3 (HDF5) file; expected {expected}. If it is an older "
+            f"MAT-file, re-save it with save(..., '-v7.3')."
         ) from None
 
 
@@ -81,7 +84,7 @@ def _fast_char_string(f: h5py.File, ref: h5py.Reference) -> str | None:
 def read_things_paths(path: Path, split: str) -> list[str]:
     """The relative image paths of one split of ``things_imgs.mat``, in MUA row order."""
     group_name = SPLITS[split]
-    with _open_mat(path) as f:
+    with open_mat_v73(path, "TVSD's things_imgs.mat") as f:
         if group_name not in f:
             found = ", ".join(k for k in f if not k.startswith("#")) or "nothing"
             raise SourceError(

@@ -20,6 +20,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featstore.sources.tvsd import open_mat_v73
+
 from ..errors import ConfigError, DataError
 
 N_ELECTRODES = 1024
@@ -29,7 +31,6 @@ AREAS: dict[str, dict[str, tuple[int, int]]] = {
     "N": {"V1": (0, 512), "V4": (512, 768), "IT": (768, 1024)},
 }
 AREA_ORDER = ("V1", "V4", "IT")
-V5_MAGIC = b"MATLAB 5.0 MAT-file"
 REQUIRED = {"train_MUA": 2, "test_MUA": 2}
 OPTIONAL = {"test_MUA_reps": 3}
 
@@ -68,19 +69,7 @@ def open_mat(path: Path) -> h5py.File:
     """A MATLAB v7.3 file opened with h5py; v5/v7 and non-MAT files are one clear error."""
     if not path.is_file():
         raise DataError(f"{path} does not exist; give TVSD's monkey{{F,N}}/THINGS_normMUA.mat.")
-    try:
-        return h5py.File(path, "r")
-    except OSError:
-        with open(path, "rb") as fh:
-            head = fh.read(128)
-        if head.startswith(V5_MAGIC):
-            raise DataError(
-                f"{path} is a MATLAB v5/v7 MAT-file, which h5py cannot read. Re-save it as v7.3 "
-                f"in MATLAB: load('{path.name}'); save('{path.name}', '-v7.3')."
-            ) from None
-        raise DataError(
-            f"{path} is not a MATLAB v7.3 (HDF5) file; expected TVSD's THINGS_normMUA.mat."
-        ) from None
+    return open_mat_v73(path, "TVSD's THINGS_normMUA.mat", DataError)
 
 
 @dataclass
