@@ -201,3 +201,26 @@ def test_soft_clip_temperature_follows_mindeye_indexing():
     by_hand = 0.0075 + (0.004 - 0.0075) / 2 * (1 + math.cos(math.pi * i / (n - 1)))
     assert losses.soft_clip_temperature(49 + i, 150) == pytest.approx(by_hand)
     assert losses.soft_clip_temperature(0, 1, mixup_pct=0.33) == pytest.approx(0.004)
+
+
+def test_ctc_loss_reductions_by_hand():
+    from heads.losses.sequence import ctc_loss
+
+    # Uniform logits over {blank, 1, 2}: every frame has probability 1/3 per class.
+    logits = torch.zeros(2, 2, 3)
+    targets = torch.tensor([[1, 0], [1, 2]])
+    lengths, target_lengths = torch.tensor([2, 2]), torch.tensor([1, 2])
+    # [1] in 2 frames: paths "1 1", "1 -", "- 1" -> 3/9; [1, 2]: only "1 2" -> 1/9.
+    per = ctc_loss(logits, lengths, targets, target_lengths, reduction="none")
+    assert per.tolist() == pytest.approx([math.log(3), math.log(9)], rel=1e-5)
+    seq = ctc_loss(logits, lengths, targets, target_lengths, reduction="sequence_mean")
+    assert float(seq) == pytest.approx(1.5 * math.log(3), rel=1e-5)
+    mean = ctc_loss(logits, lengths, targets, target_lengths)  # each divided by its length
+    assert float(mean) == pytest.approx(math.log(3), rel=1e-5)
+    short = torch.tensor([2, 1])  # the second target cannot fit in one frame
+    kept = ctc_loss(logits, short, targets, target_lengths, reduction="none")
+    assert kept[1] == 0 and torch.isinf(
+        ctc_loss(logits, short, targets, target_lengths, reduction="none", zero_infinity=False)[1]
+    )
+    with pytest.raises(ValueError, match="reduction 'sum'"):
+        ctc_loss(logits, lengths, targets, target_lengths, reduction="sum")

@@ -6,23 +6,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+CTC_REDUCTIONS = ("mean", "sequence_mean", "none")
+
 
 def ctc_loss(
-    logits: Tensor, input_lengths: Tensor, targets: Tensor, target_lengths: Tensor, blank: int = 0
+    logits: Tensor,
+    input_lengths: Tensor,
+    targets: Tensor,
+    target_lengths: Tensor,
+    blank: int = 0,
+    reduction: str = "mean",
+    zero_infinity: bool = True,
 ) -> Tensor:
-    """CTC over ``logits [B, T, C]`` (unnormalized) against padded ``targets [B, S]``: the mean
-    over the batch of each sequence's loss divided by its target length (torch's ``"mean"``),
-    computed in fp32; impossible alignments count as zero (``zero_infinity``)."""
+    """CTC over ``logits [B, T, C]`` (unnormalized) against padded ``targets [B, S]``, computed
+    in fp32. ``reduction``: ``"mean"`` (torch's: each sequence's loss divided by its target
+    length, then the batch mean), ``"sequence_mean"`` (the batch mean of the sequences' plain
+    losses, as the t15 GRU baseline trains) or ``"none"`` (one loss per sequence).
+    ``zero_infinity`` counts impossible alignments (input shorter than its target) as zero."""
+    if reduction not in CTC_REDUCTIONS:
+        raise ValueError(f"ctc_loss reduction {reduction!r}: use one of {CTC_REDUCTIONS}")
     log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # [T, B, C]
-    return F.ctc_loss(
+    losses = F.ctc_loss(
         log_probs,
         targets,
         input_lengths,
         target_lengths,
         blank=blank,
-        reduction="mean",
-        zero_infinity=True,
+        reduction="mean" if reduction == "mean" else "none",
+        zero_infinity=zero_infinity,
     )
+    return losses.mean() if reduction == "sequence_mean" else losses
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
