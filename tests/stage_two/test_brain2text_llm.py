@@ -158,13 +158,23 @@ def test_a_run_trained_only_through_the_frozen_lm(causal_lm, tmp_path):
     }  # fmt: skip
     cfg = config_mod.merge(recipe(get_head("brain2text")), sets)
     head = get_head("brain2text")(cfg)
-    start = {k: v.clone() for k, v in head.build_model().state_dict().items() if "gru" in k}
+    starts = []  # the weights the run starts from (built seeded by the loop), not a fresh draw
+    build = head.build_model
+
+    def recording_build():
+        model = build()
+        starts.append({k: v.clone() for k, v in model.state_dict().items() if "gru" in k})
+        return model
+
+    head.build_model = recording_build
     summary = train(head, cfg, tmp_path / "run", progress=False, log=quiet)
+    assert len(starts) == 1 and len(starts[0]) == 4  # GRU weight_ih/hh, bias_ih/hh
     assert {"val_llm_loss", "val_wer", "val_cer"} <= set(summary)
     saved = read_weights(weights_file(tmp_path / "run"))
     assert "llm.projector.weight" in saved  # a new projector trains (not a Qwen2-Audio one)
     assert not any(k.startswith("llm.lm.") for k in saved)  # the frozen LM is never saved
-    assert any(not torch.equal(saved[k], v) for k, v in start.items())  # gradient came through
+    # the only loss is the LLM's: every GRU tensor moved, so its gradient came through the LM
+    assert all(not torch.equal(saved[k], v) for k, v in starts[0].items())
     report, _ = runs.evaluate_run("brain2text", tmp_path / "run")
     assert report.metrics["val_wer"] >= 0 and report.metrics["val_cer"] >= 0
     with (tmp_path / "run" / "predictions_val.csv").open() as f:
