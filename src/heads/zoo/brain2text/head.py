@@ -18,7 +18,14 @@ from torch import nn
 
 from featstore import Store, open_entry
 
-from ...data.t15 import N_CLASSES, TrialReader, TrialTable, find_sessions, scan_split
+from ...data.t15 import (
+    N_CLASSES,
+    TrialReader,
+    TrialTable,
+    find_sessions,
+    missing_labels,
+    scan_split,
+)
 from ...errors import ConfigError, DataError
 from ...head import Head, Progress
 from ...losses.alignment import COMMON_LENGTHS, aligned_loss, batch_aligned_loss
@@ -104,13 +111,9 @@ class Brain2Text(Head):
         self.val_table = self._usable(scan_split(used, "val", self.day_of), "val")
         if not len(self.train_table):
             raise DataError(f"no training trials in the {len(self.sessions)} session(s).")
-        for name, table in (("train", self.train_table), ("val", self.val_table)):
+        for table in (self.train_table, self.val_table):
             if len(table) and not table.labelled:
-                bad = int(np.flatnonzero(table.seq_len < 0)[0])
-                raise DataError(
-                    f"{table.where(bad)} in the {name} split has no labels (seq_class_ids / "
-                    f"seq_len); only test files may lack them."
-                )
+                raise missing_labels(table, int(np.flatnonzero(table.seq_len < 0)[0]))
         channels = self.train_set_channels()
         if channels != m["n_input_features"]:
             raise ConfigError(
