@@ -184,10 +184,71 @@ def test_trial_shorter_than_one_patch(dataset, tmp_path):
         f["trial_0002"].attrs["n_time_steps"] = 3
     with pytest.raises(DataError) as e:
         head_of(make_cfg(overrides))
-    assert "1 train trial(s) are shorter than one patch (4 steps)" in str(e.value)
+    assert "1 train trial(s) are shorter than one patch after the random cut" in str(e.value)
     assert f"{path} (trial_0002) with 3 steps" in str(e.value)
     head = head_of(make_cfg(overrides, "data.skip_short_trials=true", "loss.alpha=0"))
     assert len(head.train_table) == 23
+
+
+def test_training_trials_keep_a_patch_after_the_largest_random_cut(dataset, tmp_path, monkeypatch):
+    """Patch 14, cut up to 2: a 15-step training trial would be left with 13 steps (0 patches,
+    an infinite CTC loss), so training needs 16; validation cuts nothing and keeps 14."""
+    new, overrides = copy_root(dataset, tmp_path)
+    train_file, val_file = (
+        new / SESSIONS[1] / "data_train.hdf5",
+        new / SESSIONS[0] / "data_val.hdf5",
+    )
+    with h5py.File(train_file, "a") as f:
+        f["trial_0002"].attrs["n_time_steps"] = 15
+    with h5py.File(val_file, "a") as f:
+        f["trial_0001"].attrs["n_time_steps"] = 14
+    sets = ("model.patch_size=14", "model.patch_stride=4")
+    with pytest.raises(DataError) as e:
+        head_of(make_cfg(overrides, *sets))
+    assert (
+        "1 train trial(s) are shorter than one patch after the random cut (14 + 2 = 16 steps); "
+        f"first: {train_file} (trial_0002) with 15 steps"
+    ) in str(e.value)
+    skipping = head_of(make_cfg(overrides, *sets, "data.skip_short_trials=true"))
+    assert len(skipping.train_table) == 23 and len(skipping.val_table) == 9  # val keeps its 14
+
+    with h5py.File(train_file, "a") as f:
+        f["trial_0002"].attrs["n_time_steps"] = 16
+    head = head_of(make_cfg(overrides, *sets))
+    row = int(np.flatnonzero(head.train_table.ids == f"{SESSIONS[1]}/train/trial_0002")[0])
+    batch = head.train_set.__getitems__([row])
+    monkeypatch.setattr(np.random, "randint", lambda low, high: high - 1)  # the largest cut
+    x, n = head.prepare(batch, train=True)
+    assert x.shape[1] == n.item() == 14
+    assert head.build_model()(x, batch["day"], n)["lengths"].tolist() == [1]
+
+
+def test_parameter_groups_are_the_baselines(dataset):
+    """Day layers: their own LR scale and decay; every bias: no decay; the rest (h0 and the
+    LayerNorm weight included): train.weight_decay. As AdamW groups, through the loop."""
+    from heads.config import TrainConfig
+    from heads.train import optimizer_groups
+
+    _, overrides = dataset
+    cfg = make_cfg(overrides, "optim.day_lr_scale=0.5", "optim.day_weight_decay=0.01")
+    head = head_of(cfg)
+    model = head.build_model()
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    groups, held = optimizer_groups(head, model, TrainConfig.from_dict(cfg["train"]))
+    assert held == []
+    got = {g["name"]: ({name_of[id(p)] for p in g["params"]}, g["lr"], g["weight_decay"])
+           for g in groups}  # fmt: skip
+    days = {f"day_{kind}.{d}" for kind in ("weights", "biases") for d in range(3)}
+    biases = {"gru.bias_ih_l0", "gru.bias_hh_l0", "out.bias", "projector.0.bias",
+              "projector.1.bias"}  # fmt: skip
+    rest = {"h0", "gru.weight_ih_l0", "gru.weight_hh_l0", "out.weight", "projector.0.weight",
+            "projector.1.weight"}  # fmt: skip
+    assert got == {
+        "day": (days, 5e-3 * 0.5, 0.01),
+        "bias": (biases, 5e-3, 0.0),
+        "other": (rest, 5e-3, 1e-3),
+    }
+    assert days | biases | rest == set(name_of.values())  # every trainable tensor
 
 
 def test_nan_features_name_the_file_and_trial(dataset, tmp_path):

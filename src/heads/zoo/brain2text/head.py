@@ -209,16 +209,25 @@ class Brain2Text(Head):
         return names
 
     def _usable(self, table: TrialTable, split: str) -> TrialTable:
-        """Trials with at least one patch; shorter ones are an error unless skipped on request."""
+        """Trials with at least one patch; shorter ones are an error unless skipped on request.
+
+        Training trials must keep a patch after the largest random cut (``augment.random_cut``
+        - 1 leading steps, one cut for the whole batch as in the baseline, never shortened per
+        trial): ``n >= patch_size + max cut``. Evaluation cuts nothing: ``n >= patch_size``."""
         size = self.cfg["model"]["patch_size"]
-        short = table.n_time_steps < max(size, 1)
+        cut = max(self.cfg["augment"]["random_cut"] - 1, 0) if split == "train" else 0
+        need = max(size, 1) + cut
+        short = table.n_time_steps < need
         if not short.any():
             return table
         first = int(np.flatnonzero(short)[0])
+        what = f"one patch ({size} steps)"
+        if cut:
+            what = f"one patch after the random cut ({size} + {cut} = {need} steps)"
         if not self.cfg["data"]["skip_short_trials"]:
             raise DataError(
-                f"{int(short.sum())} {split} trial(s) are shorter than one patch ({size} steps); "
-                f"first: {table.where(first)} with {table.n_time_steps[first]} steps. Set "
+                f"{int(short.sum())} {split} trial(s) are shorter than {what}; first: "
+                f"{table.where(first)} with {table.n_time_steps[first]} steps. Set "
                 f"data.skip_short_trials=true to leave them out."
             )
         return table.subset(~short)
