@@ -1,7 +1,7 @@
 """brain2text units: seed-size shapes and counts (meta device), patching, smoothing taps, the
 random cut, CTC decoding and PER by hand, the baseline CTC reduction, per-trial alignment and its
-masking, the seed's batch alignment, day-layer routing, parameter groups, original checkpoints,
-text error rates."""
+masking, the seed's batch alignment, day-layer routing, original checkpoints, text error rates
+(parameter groups: test_brain2text_e2e.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """brain2text's optional frozen LLM with tiny random causal LMs and a tokenizer trained offline:
-the loss against a plain per-trial forward, greedy/beam generation, Qwen2-Audio checkpoints
+the loss against a plain per-trial forward, greedy generation against a manual loop, beam
+search against every sequence of a tiny vocabulary, Qwen2-Audio checkpoints
 (language model + multi-modal projector, no audio tower), and a run whose only gradient comes
 through the frozen LM, evaluated with WER/CER."""
 
@@ -108,7 +109,7 @@ def test_loss_equals_a_plain_forward_of_each_trial_alone(causal_lm):
     assert len(prefixes[1]) == len(llm.before) + 3 + len(llm.after)  # valid patches only
 
 
-def test_greedy_generation_matches_a_manual_loop_and_beams_run(causal_lm):
+def test_greedy_generation_matches_a_manual_loop(causal_lm):
     torch.manual_seed(1)
     llm, tok = frozen(causal_lm)
     emb, lengths = torch.randn(2, 5, 12), torch.tensor([5, 2])
@@ -123,7 +124,61 @@ def test_greedy_generation_matches_a_manual_loop_and_beams_run(causal_lm):
             out.append(nxt)
             seq = torch.cat([seq, llm.lm.get_input_embeddings()(torch.tensor([[nxt]]))], 1)
         assert texts[b] == tok.decode(out, skip_special_tokens=True).strip()
-    assert len(llm.generate(emb, lengths, tok, num_beams=3, max_new_tokens=3)) == 2
+
+
+class IdTokenizer:
+    """Decodes ids as ``w<id>`` words, pad (0) and eos (1) skipped, as batch_decode does."""
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(f"w{int(i)}" for i in row if int(i) > 1) for row in rows]
+
+
+@torch.no_grad()
+def every_sequence(lm, prefix, steps, eos):
+    """``[(score, tokens)]`` of every sequence of up to ``steps`` new tokens after ``prefix``
+    (ended by eos or by the length limit), best first; score = sum of log-probs / length."""
+    embed, vocab, scored = lm.get_input_embeddings(), lm.config.vocab_size, []
+
+    def extend(tokens, total):
+        seq = torch.cat([prefix, embed(torch.tensor(tokens, dtype=torch.long))])
+        log_probs = lm(inputs_embeds=seq[None]).logits[0, -1].float().log_softmax(-1)
+        for t in range(vocab):
+            new, s = [*tokens, t], total + log_probs[t].item()
+            if t == eos or len(new) == steps:
+                scored.append((s / len(new), new))
+            else:
+                extend(new, s)
+
+    extend([], 0.0)
+    return sorted(scored, reverse=True)
+
+
+def test_beam_search_finds_the_best_sequence_of_a_tiny_vocabulary():
+    """Vocabulary 6 (pad 0, eos 1), 3 new tokens, 36 = 6^2 beams: every prefix of length <= 2
+    stays in the beam, so beam search is exhaustive and must return the best-scoring sequence
+    by transformers' default ranking (sum of log-probs / generated length, eos included;
+    ``length_penalty`` 1). The best is found here by scoring every sequence, trial by trial."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = tiny_qwen2(6)
+    config.initializer_range = 0.1  # less flat next-token distributions: no near-ties
+    lm = Qwen2ForCausalLM(config).eval().requires_grad_(False)
+    llm = FrozenLM(lm, torch.nn.Linear(12, 32), [2, 3], [4], pad_id=0, eos_id=1)
+    emb, lengths = torch.randn(3, 5, 12), torch.tensor([5, 2, 4])
+    tok, steps = IdTokenizer(), 3
+    beams = llm.generate(emb, lengths, tok, num_beams=6 ** (steps - 1), max_new_tokens=steps)
+    greedy = llm.generate(emb, lengths, tok, num_beams=1, max_new_tokens=steps)
+    with torch.no_grad():
+        prefixes = llm.prefix(emb, lengths)  # each trial alone, no padding
+    differs = 0
+    for b, prefix in enumerate(prefixes):
+        scored = every_sequence(lm, prefix, steps, eos=1)
+        assert scored[0][0] - scored[1][0] > 1e-3  # a clear winner, no float tie
+        best = tok.batch_decode([scored[0][1]])[0]
+        assert beams[b] == best
+        differs += greedy[b] != best
+    assert differs  # a search that fell back to greedy decoding would fail
 
 
 def test_qwen2_audio_checkpoint_gives_its_language_model_and_frozen_projector(qwen2_audio):
@@ -158,13 +213,23 @@ def test_a_run_trained_only_through_the_frozen_lm(causal_lm, tmp_path):
     }  # fmt: skip
     cfg = config_mod.merge(recipe(get_head("brain2text")), sets)
     head = get_head("brain2text")(cfg)
-    start = {k: v.clone() for k, v in head.build_model().state_dict().items() if "gru" in k}
+    starts = []  # the weights the run starts from (built seeded by the loop), not a fresh draw
+    build = head.build_model
+
+    def recording_build():
+        model = build()
+        starts.append({k: v.clone() for k, v in model.state_dict().items() if "gru" in k})
+        return model
+
+    head.build_model = recording_build
     summary = train(head, cfg, tmp_path / "run", progress=False, log=quiet)
+    assert len(starts) == 1 and len(starts[0]) == 4  # GRU weight_ih/hh, bias_ih/hh
     assert {"val_llm_loss", "val_wer", "val_cer"} <= set(summary)
     saved = read_weights(weights_file(tmp_path / "run"))
     assert "llm.projector.weight" in saved  # a new projector trains (not a Qwen2-Audio one)
     assert not any(k.startswith("llm.lm.") for k in saved)  # the frozen LM is never saved
-    assert any(not torch.equal(saved[k], v) for k, v in start.items())  # gradient came through
+    # the only loss is the LLM's: every GRU tensor moved, so its gradient came through the LM
+    assert all(not torch.equal(saved[k], v) for k, v in starts[0].items())
     report, _ = runs.evaluate_run("brain2text", tmp_path / "run")
     assert report.metrics["val_wer"] >= 0 and report.metrics["val_cer"] >= 0
     with (tmp_path / "run" / "predictions_val.csv").open() as f:

@@ -171,6 +171,21 @@ def scan_split(
     return table
 
 
+def missing_labels(table: TrialTable, row: int) -> DataError:
+    """The error for labels asked of a trial that has none: the test split's (Dryad's test files
+    carry no labels), or a train/val file that lacks them."""
+    if table.split == "test":
+        return DataError(
+            f"{table.where(row)}: labels were asked of the test split, which has none (test files "
+            f"carry no seq_class_ids / seq_len / transcription). Test trials give predictions "
+            f"only (eval.split=test); PER, WER and training use the train and val splits."
+        )
+    return DataError(
+        f"{table.where(row)} in the {table.split} split has no labels (seq_class_ids / seq_len); "
+        f"only test files may lack them."
+    )
+
+
 def _trial_number(name: str) -> tuple[int, str]:
     tail = name.rsplit("_", 1)[-1]
     return (int(tail), name) if tail.isdigit() else (1 << 62, name)
@@ -215,20 +230,20 @@ class TrialReader:
         return x
 
     def phonemes(self, row: int) -> np.ndarray:
-        """The trial's phoneme ids ``[seq_len]`` (int64); a ``DataError`` if it has no labels."""
+        """The trial's phoneme ids ``[seq_len]`` (int64); :func:`missing_labels` if it has none."""
         n = int(self.table.seq_len[row])
         if n < 0:
-            raise DataError(
-                f"{self.table.where(row)} has no labels (seq_class_ids / seq_len): test files "
-                f"carry none. Use the train/val splits for training and PER, and eval.split=test "
-                f"for predictions only."
-            )
+            raise missing_labels(self.table, row)
         return np.asarray(self._group(row)[PHONES][:n], dtype=np.int64)
 
     def transcription(self, row: int) -> str:
+        """The sentence: ``transcription`` up to the first 0, else ``sentence_label``;
+        :func:`missing_labels` for an unlabelled trial with neither."""
         g = self._group(row)
         if TRANSCRIPT in g:
             return decode_transcription(g[TRANSCRIPT][:])
+        if self.table.seq_len[row] < 0 and not self.table.sentence[row]:
+            raise missing_labels(self.table, row)
         return str(self.table.sentence[row])
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...data.t15 import TrialReader, TrialTable
+from ...data.t15 import TrialReader, TrialTable, missing_labels
 from ...errors import DataError
 
 
@@ -57,7 +57,8 @@ class Trials(torch.utils.data.Dataset):
 
     ``audio`` (a ragged featstore entry) adds ``audio [B, T_a, D]`` and ``audio_lengths``;
     ``tokenize`` (texts → lists of ids) adds ``text = {"ids", "lengths"}``; ``labels`` adds
-    ``phonemes [B, S]`` and ``phoneme_lengths``.
+    ``phonemes [B, S]`` and ``phoneme_lengths`` (a split without labels, such as test, is then
+    an error).
     """
 
     def __init__(
@@ -67,6 +68,8 @@ class Trials(torch.utils.data.Dataset):
         tokenize: Any = None,
         labels: bool = True,
     ) -> None:
+        if labels and len(table) and not table.labelled:
+            raise missing_labels(table, int(np.flatnonzero(table.seq_len < 0)[0]))
         self.table, self.audio, self.tokenize, self.labels = table, audio, tokenize, labels
         self.reader = TrialReader(table)
         self.audio_rows = audio.positions(table.ids) if audio is not None else None

@@ -64,13 +64,25 @@ DEMO_TRAIN = {
 }  # fmt: skip
 
 
-def run_demo(workdir: Path, progress: bool = True, log: Callable[[str], None] = print) -> Report:
+def run_demo(
+    workdir: Path,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    trials: dict[str, int] | None = None,
+    n_channels: int = DEMO_CHANNELS,
+    train: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Report:
+    """Both stages; ``trials`` (per session and split), ``n_channels``, ``train`` (config
+    overrides for stage two) and ``seed`` (the synthetic data's) size it: the defaults are
+    ``heads demo brain2text``'s, the tests run it smaller."""
     workdir = Path(workdir)
     overrides = prepare(
-        workdir, progress=progress, log=log, trials=DEMO_TRIALS, n_channels=DEMO_CHANNELS
-    )
+        workdir, progress=progress, log=log, trials=trials or DEMO_TRIALS, n_channels=n_channels,
+        seed=seed,
+    )  # fmt: skip
     head_cls = get_head("brain2text")
-    cfg = config_mod.merge(config_mod.merge(recipe(head_cls), overrides), DEMO_TRAIN)
+    cfg = config_mod.merge(config_mod.merge(recipe(head_cls), overrides), train or DEMO_TRAIN)
     log("\nstage two: heads train brain2text (SYNTHETIC t15-like data: planted phoneme patterns)")
     heading = "heads eval brain2text (validation trials; chance PER is about 100%):"
     return demo_run("brain2text", cfg, workdir / "runs" / "brain2text-demo", heading, progress, log)

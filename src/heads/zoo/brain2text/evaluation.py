@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...data.t15 import phoneme_string
+from ...data.t15 import missing_labels, phoneme_string
 from ...errors import DataError
-from ...metrics.sequence import ctc_greedy_decode, edit_distance
+from ...metrics.sequence import ctc_greedy_decode, edit_distance, error_rate
 from ...metrics.text import text_error_rates
 from ...report import Report
 from ...tracking import read_metrics
@@ -47,15 +47,19 @@ def decode_split(
 ) -> Decoded:
     """Decode every trial of ``dataset`` (session batches, file order, smoothing only): phonemes
     by greedy CTC (argmax → merge repeats → drop blanks), text through the LLM when
-    ``generate``; with ``labels``, PER = total edit distance / total true phonemes, the CTC and
-    alignment losses (means over batches, as the baseline) and WER/CER (jiwer, corpus level)."""
-    device = next(model.parameters()).device
+    ``generate``; with ``labels``, PER (:func:`heads.metrics.sequence.error_rate`: total edit
+    distance / total true phonemes, over the split and per session), the CTC and alignment
+    losses (means over batches, as the baseline) and WER/CER (jiwer, corpus level). ``labels`` on
+    a split without them (test) is :func:`heads.data.t15.missing_labels`'s error."""
     e, t = head.cfg["eval"], dataset.table
+    if labels and len(t) and not t.labelled:
+        raise missing_labels(t, int(np.flatnonzero(t.seq_len < 0)[0]))
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
-    edits = phones = 0
-    per_session: dict[int, list[int]] = {}
+    true_seqs: dict[int, list[list[int]]] = {}  # per session (day): references ...
+    pred_seqs: dict[int, list[list[int]]] = {}  # ... and greedy decodes
     rows_out: list[dict[str, Any]] = []
     refs, hyps = [], []
     for rows in dataset.session_batches(BATCH):
@@ -83,11 +87,12 @@ def decode_split(
                 record["pred_phonemes"] = phoneme_string(decoded[j])
             if labels and decoded is not None:
                 true = dataset.reader.phonemes(row).tolist()
-                dist = edit_distance(true, decoded[j])
-                record.update(true_phonemes=phoneme_string(true), edit_distance=dist)
-                edits, phones = edits + dist, phones + len(true)
-                s = per_session.setdefault(int(t.day[row]), [0, 0])
-                s[0], s[1] = s[0] + dist, s[1] + len(true)
+                record.update(
+                    true_phonemes=phoneme_string(true),
+                    edit_distance=edit_distance(true, decoded[j]),
+                )
+                true_seqs.setdefault(int(t.day[row]), []).append(true)
+                pred_seqs.setdefault(int(t.day[row]), []).append(decoded[j])
             if generate:
                 record["pred_text"] = texts[j]
                 if labels:
@@ -96,12 +101,15 @@ def decode_split(
             rows_out.append(record)
     model.train(was_training)
     metrics = {k: float(np.mean(v)) for k, v in sums.items()}
-    if labels and decoded is not None and phones:
-        metrics["val_per"] = edits / phones
+    if true_seqs:
+        metrics["val_per"] = error_rate(
+            [r for refs_ in true_seqs.values() for r in refs_],
+            [h for hyps_ in pred_seqs.values() for h in hyps_],
+        )
     if labels and generate and refs:
         rates = text_error_rates(refs, hyps)
         metrics["val_wer"], metrics["val_cer"] = rates["wer"], rates["cer"]
-    sessions = {head.sessions[d]: e_ / max(n_, 1) for d, (e_, n_) in per_session.items()}
+    sessions = {head.sessions[d]: error_rate(true_seqs[d], pred_seqs[d]) for d in true_seqs}
     return Decoded(metrics, rows_out, sessions)
 
 

@@ -18,7 +18,14 @@ from torch import nn
 
 from featstore import Store, open_entry
 
-from ...data.t15 import N_CLASSES, TrialReader, TrialTable, find_sessions, scan_split
+from ...data.t15 import (
+    N_CLASSES,
+    TrialReader,
+    TrialTable,
+    find_sessions,
+    missing_labels,
+    scan_split,
+)
 from ...errors import ConfigError, DataError
 from ...head import Head, Progress
 from ...losses.alignment import COMMON_LENGTHS, aligned_loss, batch_aligned_loss
@@ -104,13 +111,9 @@ class Brain2Text(Head):
         self.val_table = self._usable(scan_split(used, "val", self.day_of), "val")
         if not len(self.train_table):
             raise DataError(f"no training trials in the {len(self.sessions)} session(s).")
-        for name, table in (("train", self.train_table), ("val", self.val_table)):
+        for table in (self.train_table, self.val_table):
             if len(table) and not table.labelled:
-                bad = int(np.flatnonzero(table.seq_len < 0)[0])
-                raise DataError(
-                    f"{table.where(bad)} in the {name} split has no labels (seq_class_ids / "
-                    f"seq_len); only test files may lack them."
-                )
+                raise missing_labels(table, int(np.flatnonzero(table.seq_len < 0)[0]))
         channels = self.train_set_channels()
         if channels != m["n_input_features"]:
             raise ConfigError(
@@ -206,16 +209,25 @@ class Brain2Text(Head):
         return names
 
     def _usable(self, table: TrialTable, split: str) -> TrialTable:
-        """Trials with at least one patch; shorter ones are an error unless skipped on request."""
+        """Trials with at least one patch; shorter ones are an error unless skipped on request.
+
+        Training trials must keep a patch after the largest random cut (``augment.random_cut``
+        - 1 leading steps, one cut for the whole batch as in the baseline, never shortened per
+        trial): ``n >= patch_size + max cut``. Evaluation cuts nothing: ``n >= patch_size``."""
         size = self.cfg["model"]["patch_size"]
-        short = table.n_time_steps < max(size, 1)
+        cut = max(self.cfg["augment"]["random_cut"] - 1, 0) if split == "train" else 0
+        need = max(size, 1) + cut
+        short = table.n_time_steps < need
         if not short.any():
             return table
         first = int(np.flatnonzero(short)[0])
+        what = f"one patch ({size} steps)"
+        if cut:
+            what = f"one patch after the random cut ({size} + {cut} = {need} steps)"
         if not self.cfg["data"]["skip_short_trials"]:
             raise DataError(
-                f"{int(short.sum())} {split} trial(s) are shorter than one patch ({size} steps); "
-                f"first: {table.where(first)} with {table.n_time_steps[first]} steps. Set "
+                f"{int(short.sum())} {split} trial(s) are shorter than {what}; first: "
+                f"{table.where(first)} with {table.n_time_steps[first]} steps. Set "
                 f"data.skip_short_trials=true to leave them out."
             )
         return table.subset(~short)
