@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from featstore import Store, open_entry
@@ -29,6 +28,7 @@ from ...data.t15 import (
 from ...errors import ConfigError, DataError
 from ...head import Head, Progress
 from ...losses.alignment import COMMON_LENGTHS, aligned_loss, batch_aligned_loss
+from ...losses.sequence import ctc_loss
 from ...registry import register_head
 from ...report import Report
 from .augment import augment, smooth
@@ -36,22 +36,6 @@ from .data import Trials, day_batches
 from .model import Brain2TextModel
 
 AUDIO_FAMILY = "qwen-audio"
-
-
-def ctc_per_trial_mean(
-    logits: torch.Tensor,
-    lengths: torch.Tensor,
-    targets: torch.Tensor,
-    target_lengths: torch.Tensor,
-    zero_infinity: bool = False,
-) -> torch.Tensor:
-    """The baseline's CTC: per-trial losses (no length normalisation), averaged over the batch."""
-    log_probs = logits.float().log_softmax(-1).transpose(0, 1)
-    losses = F.ctc_loss(
-        log_probs, targets, lengths, target_lengths, blank=0, reduction="none",
-        zero_infinity=zero_infinity,
-    )  # fmt: skip
-    return losses.mean()
 
 
 def open_audio(key: str, store: Store):
@@ -337,9 +321,9 @@ class Brain2Text(Head):
         total = torch.zeros((), device=out["lengths"].device)
         parts: dict[str, Any] = {}
         if self.gamma > 0:
-            ctc = ctc_per_trial_mean(
+            ctc = ctc_loss(  # the baseline's: per-trial sums, averaged over the batch
                 out["logits"], out["lengths"], batch["phonemes"], batch["phoneme_lengths"],
-                L["ctc_zero_infinity"],
+                reduction="sequence_mean", zero_infinity=L["ctc_zero_infinity"],
             )  # fmt: skip
             total = total + self.gamma * ctc
             parts["loss_ctc"] = ctc.detach()
