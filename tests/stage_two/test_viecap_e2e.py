@@ -4,6 +4,7 @@ the errors bad input gets."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,6 +108,34 @@ def test_masking_draws_depend_on_seed_epoch_and_caption_only(data, tmp_path):
     assert all(
         n <= i < 2 * n for b in head.batch_plan(1, np.random.default_rng(0), 20, n) for i in b
     )
+
+
+def test_entities_of_other_splits_reuse_the_cache(data, tmp_path, monkeypatch):
+    """A second run over another subset of the captions tags only the captions it adds."""
+    from heads.zoo.viecap import entities as ent
+
+    objects = tmp_path / "objects.txt"  # a vocabulary of this test's own: a sidecar of its own
+    words = Path(data["cfg"]["data"]["objects"]).read_text().split()
+    objects.write_text("\n".join([*words, "zebra"]) + "\n")
+    tagged = []
+    real = ent.vocabulary_nouns
+    monkeypatch.setattr(ent, "vocabulary_nouns", lambda t, o: tagged.append(t) or real(t, o))
+
+    def head_of(*extra):
+        tagged.clear()
+        p = plan(data, tmp_path, f"data.objects={json.dumps(str(objects))}",
+                 'data.entity_tagger="vocabulary"', *extra)  # fmt: skip
+        head = p.head(p.cfg)
+        return head, {r: head.entities[r] for r in head.train_rows.tolist()}, len(tagged)
+
+    first, train_entities, n = head_of('data.train_splits="train"', "data.val_captions=0")
+    assert n == len(first.train_rows) == 120
+    second, again, n = head_of('data.train_splits="train+val"', 'data.val_splits="test"')
+    assert n == 20 + 10  # the val captions now trained on, 10 test captions for validation
+    assert {r: again[r] for r in train_entities} == train_entities
+    assert any(train_entities.values())
+    _, _, n = head_of('data.train_splits="train+val"', 'data.val_splits="test"')
+    assert n == 0
 
 
 def test_caption_command_on_a_folder_and_an_entry(data, tmp_path):
