@@ -138,6 +138,44 @@ def test_entities_of_other_splits_reuse_the_cache(data, tmp_path, monkeypatch):
     assert n == 0
 
 
+def test_an_empty_detection_vocabulary_is_a_clear_error(data, tmp_path, monkeypatch):
+    from featstore import open_entry
+    from featstore.errors import SourceError
+    from heads.zoo.viecap import head as head_mod
+    from heads.zoo.viecap.evaluation import caption_vectors
+
+    empty = tmp_path / "categories.json"
+    empty.write_text("[]")
+    with pytest.raises(SourceError, match="holds no entities"):  # featstore refuses to extract it
+        open_source(empty, kind="vocabulary")
+    store = Store(data["cfg"]["data"]["store"])
+    real = open_entry(data["cfg"]["eval"]["vocab_entry"], store)
+
+    class NoRows:  # a zero-row vocab entry, as a store written by other tools could hold
+        key, row_shape, ids = real.key, real.row_shape, real.ids[:0]
+
+        def __len__(self):
+            return 0
+
+        def gather(self, rows):
+            return real.gather(rows)
+
+    opened = head_mod.open_feature_entry
+    monkeypatch.setattr(
+        head_mod,
+        "open_feature_entry",
+        lambda key, st, what: NoRows() if what == "eval.vocab_entry" else opened(key, st, what),
+    )
+    p = plan(data, tmp_path)
+    head = p.head(p.cfg)
+    model = head.build_model().eval()
+    features = np.ones((2, head.text.row_shape[0]), np.float32)
+    with pytest.raises(DataError, match=r"eval.vocab_entry \(\w+\) holds no entities"):
+        caption_vectors(head, model, features)
+    head.cfg["eval"]["use_entities"] = False  # the way out the error names
+    assert len(caption_vectors(head, model, features)) == 2
+
+
 def test_caption_command_on_a_folder_and_an_entry(data, tmp_path):
     p = plan(data, tmp_path, "train.epochs=1")
     train(p)

@@ -32,7 +32,11 @@ def load_vocabulary(head: ViECap) -> tuple[list[str], torch.Tensor]:
 
     entry = open_feature_entry(head.cfg["eval"]["vocab_entry"], head.store, "eval.vocab_entry")
     if len(entry) == 0:
-        raise DataError(f"eval.vocab_entry ({entry.key}) holds no entities.")
+        raise DataError(
+            f"eval.vocab_entry ({entry.key}) holds no entities: extract vitb32-vocab over a "
+            f"vocabulary with at least one name, or caption without entities "
+            f"(eval.use_entities = false, `heads caption --no-entities`)."
+        )
     names = [str(x) for x in entry.ids.tolist()]
     if entry.row_shape[0] != head.text.row_shape[0]:
         raise DataError(
