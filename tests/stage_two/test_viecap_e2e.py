@@ -176,6 +176,14 @@ def test_an_empty_detection_vocabulary_is_a_clear_error(data, tmp_path, monkeypa
     assert len(caption_vectors(head, model, features)) == 2
 
 
+def colourful(png) -> int:
+    """Pixels of a grid that are neither white, grey nor black: the (flat colour) images."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return int((rgb.max(-1) - rgb.min(-1) > 40).sum())
+
+
 def test_caption_command_on_a_folder_and_an_entry(data, tmp_path):
     p = plan(data, tmp_path, "train.epochs=1")
     train(p)
@@ -187,11 +195,19 @@ def test_caption_command_on_a_folder_and_an_entry(data, tmp_path):
     assert len(lines) == 4 and "wrote" in result.output.splitlines()[-1]
     saved = json.loads((p.run_dir / "captions" / "val2014.json").read_text())
     assert {"id", "caption", "entities", "probs"} <= set(saved[0])
+    assert "and val2014.png" in result.output
+    assert colourful(p.run_dir / "captions" / "val2014.png") > 1000  # the images are drawn
     key = data["cfg"]["eval"]["image_entry"]
     greedy = runner.invoke(
-        app, ["caption", "viecap", str(p.run_dir), "--entry", key, "--greedy", "--no-entities"]
-    )
+        app, ["caption", "viecap", str(p.run_dir), "--entry", key, "--greedy", "--no-entities",
+              "--out", str(tmp_path / "greedy.json")]
+    )  # fmt: skip
     assert greedy.exit_code == 0, greedy.output
+    assert colourful(tmp_path / "greedy.png") > 1000  # the entry's source folder is known
+    from heads.zoo.viecap.evaluation import caption_grid
+
+    text_only = caption_grid([{"file": s["id"], **s} for s in saved], None, tmp_path, "t.png")
+    assert colourful(text_only) == 0  # no folder: captions and entities only
     both = runner.invoke(
         app, ["caption", "viecap", str(p.run_dir), "--entry", key, "--images", str(images)]
     )

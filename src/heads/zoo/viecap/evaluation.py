@@ -171,8 +171,11 @@ def _image_folder(entry) -> Path | None:
     return path if source.get("kind") == "image-folder" and path.is_dir() else None
 
 
-def caption_grid(items: list[dict[str, Any]], folder: Path | None, out_dir: Path) -> Path | None:
-    """``captions.png``: each image (when its folder is known) with its caption and entities."""
+def caption_grid(
+    items: list[dict[str, Any]], folder: Path | None, out_dir: Path, name: str = "captions.png"
+) -> Path | None:
+    """``out_dir/name``: each item's image (when ``folder`` holds its ``file``) above its caption
+    and entities; without the image, the caption and entities alone."""
     if not items:
         return None
     import matplotlib
@@ -197,7 +200,7 @@ def caption_grid(items: list[dict[str, Any]], folder: Path | None, out_dir: Path
         ax.set_axis_off()
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / "captions.png"
+    out = out_dir / name
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
@@ -231,9 +234,10 @@ def caption_source(
     entry_key: str | None,
     image_weights: str | None = None,
     log=print,
-) -> tuple[list[dict[str, Any]], str]:
+) -> tuple[list[dict[str, Any]], str, Path | None]:
     """Caption a folder of images (features extracted once into the store, then cached) or the
-    rows of an image-feature entry; returns the results and a name for them."""
+    rows of an image-feature entry; returns the results, a name for them and the folder of the
+    images (``None`` when the entry did not come from an image folder that is still there)."""
     from featstore.extract import extract
     from featstore.sources import open_source
     from featstore.teachers import create_teacher
@@ -260,4 +264,4 @@ def caption_source(
         {"id": i if isinstance(i, int) else str(i), **r} for i, r in zip(ids, results, strict=True)
     ]
     name = Path(images).name if images is not None else entry.key[:12]
-    return named, name
+    return named, name, _image_folder(entry)
