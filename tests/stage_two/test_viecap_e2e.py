@@ -4,6 +4,7 @@ the errors bad input gets."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +110,80 @@ def test_masking_draws_depend_on_seed_epoch_and_caption_only(data, tmp_path):
     )
 
 
+def test_entities_of_other_splits_reuse_the_cache(data, tmp_path, monkeypatch):
+    """A second run over another subset of the captions tags only the captions it adds."""
+    from heads.zoo.viecap import entities as ent
+
+    objects = tmp_path / "objects.txt"  # a vocabulary of this test's own: a sidecar of its own
+    words = Path(data["cfg"]["data"]["objects"]).read_text().split()
+    objects.write_text("\n".join([*words, "zebra"]) + "\n")
+    tagged = []
+    real = ent.vocabulary_nouns
+    monkeypatch.setattr(ent, "vocabulary_nouns", lambda t, o: tagged.append(t) or real(t, o))
+
+    def head_of(*extra):
+        tagged.clear()
+        p = plan(data, tmp_path, f"data.objects={json.dumps(str(objects))}",
+                 'data.entity_tagger="vocabulary"', *extra)  # fmt: skip
+        head = p.head(p.cfg)
+        return head, {r: head.entities[r] for r in head.train_rows.tolist()}, len(tagged)
+
+    first, train_entities, n = head_of('data.train_splits="train"', "data.val_captions=0")
+    assert n == len(first.train_rows) == 120
+    second, again, n = head_of('data.train_splits="train+val"', 'data.val_splits="test"')
+    assert n == 20 + 10  # the val captions now trained on, 10 test captions for validation
+    assert {r: again[r] for r in train_entities} == train_entities
+    assert any(train_entities.values())
+    _, _, n = head_of('data.train_splits="train+val"', 'data.val_splits="test"')
+    assert n == 0
+
+
+def test_an_empty_detection_vocabulary_is_a_clear_error(data, tmp_path, monkeypatch):
+    from featstore import open_entry
+    from featstore.errors import SourceError
+    from heads.zoo.viecap import head as head_mod
+    from heads.zoo.viecap.evaluation import caption_vectors
+
+    empty = tmp_path / "categories.json"
+    empty.write_text("[]")
+    with pytest.raises(SourceError, match="holds no entities"):  # featstore refuses to extract it
+        open_source(empty, kind="vocabulary")
+    store = Store(data["cfg"]["data"]["store"])
+    real = open_entry(data["cfg"]["eval"]["vocab_entry"], store)
+
+    class NoRows:  # a zero-row vocab entry, as a store written by other tools could hold
+        key, row_shape, ids = real.key, real.row_shape, real.ids[:0]
+
+        def __len__(self):
+            return 0
+
+        def gather(self, rows):
+            return real.gather(rows)
+
+    opened = head_mod.open_feature_entry
+    monkeypatch.setattr(
+        head_mod,
+        "open_feature_entry",
+        lambda key, st, what: NoRows() if what == "eval.vocab_entry" else opened(key, st, what),
+    )
+    p = plan(data, tmp_path)
+    head = p.head(p.cfg)
+    model = head.build_model().eval()
+    features = np.ones((2, head.text.row_shape[0]), np.float32)
+    with pytest.raises(DataError, match=r"eval.vocab_entry \(\w+\) holds no entities"):
+        caption_vectors(head, model, features)
+    head.cfg["eval"]["use_entities"] = False  # the way out the error names
+    assert len(caption_vectors(head, model, features)) == 2
+
+
+def colourful(png) -> int:
+    """Pixels of a grid that are neither white, grey nor black: the (flat colour) images."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return int((rgb.max(-1) - rgb.min(-1) > 40).sum())
+
+
 def test_caption_command_on_a_folder_and_an_entry(data, tmp_path):
     p = plan(data, tmp_path, "train.epochs=1")
     train(p)
@@ -120,11 +195,19 @@ def test_caption_command_on_a_folder_and_an_entry(data, tmp_path):
     assert len(lines) == 4 and "wrote" in result.output.splitlines()[-1]
     saved = json.loads((p.run_dir / "captions" / "val2014.json").read_text())
     assert {"id", "caption", "entities", "probs"} <= set(saved[0])
+    assert "and val2014.png" in result.output
+    assert colourful(p.run_dir / "captions" / "val2014.png") > 1000  # the images are drawn
     key = data["cfg"]["eval"]["image_entry"]
     greedy = runner.invoke(
-        app, ["caption", "viecap", str(p.run_dir), "--entry", key, "--greedy", "--no-entities"]
-    )
+        app, ["caption", "viecap", str(p.run_dir), "--entry", key, "--greedy", "--no-entities",
+              "--out", str(tmp_path / "greedy.json")]
+    )  # fmt: skip
     assert greedy.exit_code == 0, greedy.output
+    assert colourful(tmp_path / "greedy.png") > 1000  # the entry's source folder is known
+    from heads.zoo.viecap.evaluation import caption_grid
+
+    text_only = caption_grid([{"file": s["id"], **s} for s in saved], None, tmp_path, "t.png")
+    assert colourful(text_only) == 0  # no folder: captions and entities only
     both = runner.invoke(
         app, ["caption", "viecap", str(p.run_dir), "--entry", key, "--images", str(images)]
     )

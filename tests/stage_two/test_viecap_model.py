@@ -128,11 +128,44 @@ def test_entity_masking_rate_and_dedupe():
 def test_entity_table_is_cached_once(tmp_path, monkeypatch):
     objects = frozenset(["dog", "cat"])
     texts = ["A dog.", "Two cats and a dog."]
-    first = ent.EntityTable.build(texts, objects, "vocabulary", cache_dir=tmp_path, log=print)
+    first = ent.EntityTable.build(texts, objects, "vocabulary", cache_dir=tmp_path, ids=[7, 9])
     assert first.entities == [["dog"], ["cat", "dog"]] and len(list(tmp_path.iterdir())) == 1
     monkeypatch.setattr(ent, "vocabulary_nouns", lambda *a: pytest.fail("recomputed"))
-    again = ent.EntityTable.build(texts, objects, "vocabulary", cache_dir=tmp_path)
-    assert again == first
+    again = ent.EntityTable.build(texts, objects, "vocabulary", cache_dir=tmp_path, ids=[7, 9])
+    assert again.entities == first.entities and again.tagged == 0
+    with pytest.raises(ValueError, match="keyed by caption id"):
+        ent.EntityTable.build(texts, objects, "vocabulary", cache_dir=tmp_path)
+
+
+def test_entity_cache_is_keyed_by_caption_id(tmp_path, monkeypatch):
+    objects = frozenset(["dog", "cat", "bus"])
+    texts = {1: "A dog.", 2: "Two cats.", 3: "A bus and a dog.", 4: "A cat on a bus."}
+    calls = []
+    real = ent.vocabulary_nouns
+    monkeypatch.setattr(ent, "vocabulary_nouns", lambda t, o: calls.append(t) or real(t, o))
+
+    def build(ids, objs=objects, changed=None):
+        calls.clear()
+        got = {**texts, **(changed or {})}
+        table = ent.EntityTable.build([got[i] for i in ids], objs, "vocabulary",
+                                      cache_dir=tmp_path, ids=ids, log=lambda _: None)  # fmt: skip
+        return dict(zip(ids, table.entities, strict=True)), len(calls)
+
+    one, n = build([1, 2])
+    assert n == 2 and one == {1: ["dog"], 2: ["cat"]}
+    two, n = build([4, 2, 3])  # another subset in another order: only 3 and 4 are new
+    assert n == 2 and two == {4: ["cat", "bus"], 2: ["cat"], 3: ["bus", "dog"]}
+    three, n = build([3, 1])
+    assert n == 0 and three == {3: ["bus", "dog"], 1: ["dog"]}
+    assert len(list(tmp_path.iterdir())) == 1  # one sidecar, extended in place
+    _, n = build([1, 2], changed={2: "Two buses."})  # a caption's text changed: it alone again
+    assert n == 1 and build([2], changed={2: "Two buses."})[0] == {2: ["bus"]}
+    other, n = build([1, 2, 3], objs=objects - {"dog"})  # another vocabulary: all again
+    assert n == 3 and other == {1: [], 2: ["cat"], 3: ["bus"]}
+    assert len(list(tmp_path.iterdir())) == 2
+    assert ent.cache_identity("vocabulary", 10, objects) != ent.cache_identity(
+        "vocabulary", 9, objects
+    )
 
 
 @pytest.mark.skipif(not ent.nltk_ready(), reason="NLTK and its tagger data are not installed")

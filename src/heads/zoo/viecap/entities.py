@@ -13,8 +13,8 @@ letter) are kept, people words becoming "person". Two extractors give the noun l
   words used as verbs or adjectives ("a man *surfing*", "a *red* bus") when the vocabulary holds
   them; docs/heads/viecap.md discusses the difference.
 
-Entities are computed once per caption and cached in a sidecar file (``EntityTable``), never per
-training step; only the random masking (p = 0.4) happens per step.
+Entities are computed once per caption and cached by caption id in a sidecar file
+(``EntityTable``), never per training step; only the random masking (p = 0.4) happens per step.
 """
 
 from __future__ import annotations
@@ -160,12 +160,20 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+CACHE_FORMAT = 2
+# Bump when a change to the extraction or filter code changes what a caption yields: the rules'
+# data (stop list, people words), the object vocabulary, the method, the limit and the extractor
+# package's version are hashed into the cache's identity already.
+RULES_VERSION = 1
+
+
 @dataclass
 class EntityTable:
-    """Every caption's entities (after the vocabulary filter), in caption order."""
+    """Every caption's entities (after the vocabulary filter), in the order of the texts given."""
 
     method: str  # "nltk" or "vocabulary"
     entities: list[list[str]]
+    tagged: int = 0  # how many captions were tagged by this build (the others came from the cache)
 
     @classmethod
     def build(
@@ -176,33 +184,115 @@ class EntityTable:
         max_entities: int = MAX_ENTITIES,
         cache_dir: Path | None = None,
         log=print,
+        ids: Sequence[int | str] | np.ndarray | None = None,
     ) -> EntityTable:
-        """Extract (or read from ``cache_dir``) the entities of ``texts``. ``method``: ``auto``
-        (NLTK when installed, else the vocabulary fallback), ``nltk`` or ``vocabulary``."""
+        """Extract the entities of ``texts``. ``method``: ``auto`` (NLTK when installed, else the
+        vocabulary fallback), ``nltk`` or ``vocabulary``.
+
+        With ``cache_dir`` the entities are cached by caption id (``ids``, one per text) in one
+        sidecar per (method, limit, object vocabulary, rules): a later build with other captions
+        of the same file tags only the ids it has not seen (or whose text changed) and adds them
+        to the sidecar."""
         method = resolve_method(method)
-        digest = hashlib.sha256()
-        for part in (method, str(max_entities), "\n".join(sorted(objects)), "\x00".join(texts)):
-            digest.update(part.encode("utf-8"))
-            digest.update(b"\x01")
-        path = cache_dir / f"viecap-entities-{digest.hexdigest()[:24]}.json" if cache_dir else None
-        if path is not None and path.is_file():
-            cached = json.loads(path.read_text(encoding="utf-8"))
-            return cls(cached["method"], cached["entities"])
-        log(f"entities: tagging {len(texts)} captions ({method}), cached once per caption set")
-        if method == "nltk":
-            nouns = (nltk_nouns(t) for t in texts)
-        else:
-            nouns = (vocabulary_nouns(t, objects) for t in texts)
-        table = cls(method, [filter_entities(n, objects, max_entities) for n in nouns])
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps({"method": method, "entities": table.entities}))
-                tmp.replace(path)
-            except OSError as e:  # a read-only store: use the table, recompute next time
-                log(f"entities: cannot cache them in {path.parent} ({e}); continuing")
-        return table
+        path = None
+        if cache_dir is not None:
+            if ids is None:
+                raise ValueError("EntityTable.build: the cache is keyed by caption id; pass ids.")
+            ids = np.asarray(ids).tolist()
+            if len(ids) != len(texts):
+                raise ValueError(f"EntityTable.build: {len(ids)} ids for {len(texts)} texts.")
+            identity = cache_identity(method, max_entities, objects)
+            path = Path(cache_dir) / f"viecap-entities-{identity[:24]}.json"
+        cached = _read_cache(path, method, log) if path is not None else {}
+        hashes = [_text_hash(t) for t in texts] if path is not None else []
+        entities: list[list[str] | None] = [None] * len(texts)
+        todo = []
+        for i in range(len(texts)):
+            hit = cached.get(ids[i]) if path is not None else None
+            if hit is not None and hit[0] == hashes[i]:
+                entities[i] = hit[1]
+            else:
+                todo.append(i)
+        if todo:
+            log(
+                f"entities: tagging {len(todo)} of {len(texts)} captions ({method})"
+                + (f", cached by caption id in {path.name}" if path is not None else "")
+            )
+        for i in todo:
+            nouns = (
+                nltk_nouns(texts[i]) if method == "nltk" else vocabulary_nouns(texts[i], objects)
+            )
+            entities[i] = filter_entities(nouns, objects, max_entities)
+        if path is not None and todo:
+            fresh = _read_cache(path, method, log=lambda _: None)  # another process may have added
+            merged = {**cached, **fresh, **{ids[i]: (hashes[i], entities[i]) for i in todo}}
+            _write_cache(path, method, merged, log)
+        return cls(method, entities, len(todo))
+
+
+def cache_identity(method: str, max_entities: int, objects: frozenset[str]) -> str:
+    """The hash naming an entity sidecar: everything that decides a caption's entities except
+    the caption itself."""
+    digest = hashlib.sha256()
+    parts = (
+        f"viecap-entities format {CACHE_FORMAT} rules {RULES_VERSION}",
+        method,
+        _extractor_version(method),
+        str(max_entities),
+        "\n".join(sorted(objects)),
+        "\n".join(sorted(PEOPLE_WORDS)),
+        "\n".join(sorted(stopwords())),
+    )
+    for part in parts:
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x01")
+    return digest.hexdigest()
+
+
+def _extractor_version(method: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nltk" if method == "nltk" else "lemminflect")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _read_cache(path: Path, method: str, log) -> dict[int | str, tuple[str, list[str]]]:
+    """Caption id -> (text hash, entities) of a sidecar; empty when there is none or it cannot
+    be read (it is then rewritten)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != CACHE_FORMAT or data.get("method") != method:
+            raise ValueError(f"format {data.get('format')}, method {data.get('method')}")
+        rows = zip(data["ids"], data["text_hashes"], data["entities"], strict=True)
+        return {k: (h, e) for k, h, e in rows}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        log(f"entities: ignoring the unreadable cache {path} ({e}); tagging again")
+        return {}
+
+
+def _write_cache(path: Path, method: str, table: dict, log) -> None:
+    data = {
+        "format": CACHE_FORMAT,
+        "method": method,
+        "ids": list(table),
+        "text_hashes": [h for h, _ in table.values()],
+        "entities": [e for _, e in table.values()],
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        tmp.replace(path)  # atomic: readers see the old or the new sidecar, never a part
+    except OSError as e:  # a read-only store: use the entities, tag them again next time
+        log(f"entities: cannot cache them in {path.parent} ({e}); continuing")
 
 
 def resolve_method(method: str) -> str:

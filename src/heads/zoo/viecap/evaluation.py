@@ -32,7 +32,11 @@ def load_vocabulary(head: ViECap) -> tuple[list[str], torch.Tensor]:
 
     entry = open_feature_entry(head.cfg["eval"]["vocab_entry"], head.store, "eval.vocab_entry")
     if len(entry) == 0:
-        raise DataError(f"eval.vocab_entry ({entry.key}) holds no entities.")
+        raise DataError(
+            f"eval.vocab_entry ({entry.key}) holds no entities: extract vitb32-vocab over a "
+            f"vocabulary with at least one name, or caption without entities "
+            f"(eval.use_entities = false, `heads caption --no-entities`)."
+        )
     names = [str(x) for x in entry.ids.tolist()]
     if entry.row_shape[0] != head.text.row_shape[0]:
         raise DataError(
@@ -167,8 +171,11 @@ def _image_folder(entry) -> Path | None:
     return path if source.get("kind") == "image-folder" and path.is_dir() else None
 
 
-def caption_grid(items: list[dict[str, Any]], folder: Path | None, out_dir: Path) -> Path | None:
-    """``captions.png``: each image (when its folder is known) with its caption and entities."""
+def caption_grid(
+    items: list[dict[str, Any]], folder: Path | None, out_dir: Path, name: str = "captions.png"
+) -> Path | None:
+    """``out_dir/name``: each item's image (when ``folder`` holds its ``file``) above its caption
+    and entities; without the image, the caption and entities alone."""
     if not items:
         return None
     import matplotlib
@@ -193,7 +200,7 @@ def caption_grid(items: list[dict[str, Any]], folder: Path | None, out_dir: Path
         ax.set_axis_off()
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / "captions.png"
+    out = out_dir / name
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
@@ -227,9 +234,10 @@ def caption_source(
     entry_key: str | None,
     image_weights: str | None = None,
     log=print,
-) -> tuple[list[dict[str, Any]], str]:
+) -> tuple[list[dict[str, Any]], str, Path | None]:
     """Caption a folder of images (features extracted once into the store, then cached) or the
-    rows of an image-feature entry; returns the results and a name for them."""
+    rows of an image-feature entry; returns the results, a name for them and the folder of the
+    images (``None`` when the entry did not come from an image folder that is still there)."""
     from featstore.extract import extract
     from featstore.sources import open_source
     from featstore.teachers import create_teacher
@@ -256,4 +264,4 @@ def caption_source(
         {"id": i if isinstance(i, int) else str(i), **r} for i, r in zip(ids, results, strict=True)
     ]
     name = Path(images).name if images is not None else entry.key[:12]
-    return named, name
+    return named, name, _image_folder(entry)

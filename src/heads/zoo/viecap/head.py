@@ -132,6 +132,7 @@ class ViECap(Head):
                 d["entity_tagger"],
                 d["max_entities"],
                 cache_dir=self.store.root / "sidecars",
+                ids=self.captions.caption_ids[used],
             ),
             used,
             len(texts),
