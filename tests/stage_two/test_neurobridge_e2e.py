@@ -90,10 +90,9 @@ def test_alignment_trains_and_evaluates(align_run):
     assert torch.equal(saved, torch.arange(1024))
 
 
-def test_validation_matches_the_seed_definition(align_run):
+def test_validation_matches_the_seed_definition():
     """val_top5: in-batch retrieval over the validation rows in batches of eval.batch_size,
     both directions averaged, then averaged over batches."""
-    _, head, _ = align_run
     from heads.zoo.neurobridge.evaluation import in_batch_retrieval
 
     neural = torch.eye(6)
@@ -313,8 +312,21 @@ def bad_order(monkey):
     write_things_imgs(path, train, test)
 
 
+def bad_test_order(monkey):
+    from featstore.sources.tvsd import read_things_paths
+
+    path = monkey / "_logs" / "things_imgs.mat"
+    train, test = read_things_paths(path, "train"), read_things_paths(path, "test")
+    test[4], test[7] = test[7], test[4]
+    write_things_imgs(path, train, test)
+
+
 def bad_no_things(monkey):
     (monkey / "_logs" / "things_imgs.mat").unlink()
+
+
+def bad_no_reliab(monkey):
+    _rewrite_mua(monkey, reliab=None)
 
 
 BAD = [
@@ -325,7 +337,9 @@ BAD = [
     (bad_nan, {}, "NaN/inf values on 1 electrodes \\(channels \\[700\\]\\)"),
     (bad_rows, {}, "lists 60 train images but .* has 59 train MUA rows"),
     (bad_order, {}, "does not pair with the train MUA rows: 2 ids differ, first at row 0"),
+    (bad_test_order, {}, "does not pair with the test MUA rows: 2 ids differ, first at row 4"),
     (bad_no_things, {}, "things_imgs.mat does not exist"),
+    (bad_no_reliab, {"data": {"reliab_threshold": 0.3}}, "has no 'reliab'"),
     (None, {"data": {"region": "V2"}}, "unknown area 'V2'"),
     (None, {"data": {"monkey": "X"}}, "data.monkey='X': use F or N"),
     (None, {"data": {"train_targets": ""}}, "data.train_targets is not set"),
@@ -353,6 +367,39 @@ def test_mismatched_targets_are_refused(data):
     swapped = {"train_targets": sections["data"]["test_targets"]}
     with pytest.raises(DataError, match="has 12 rows but the train MUA has 60 images"):
         get_head("neurobridge")(make_cfg(data, data=swapped))
+    swapped = {"test_targets": sections["data"]["train_targets"]}
+    with pytest.raises(DataError, match="test_targets .* has 60 rows but the test MUA has 12"):
+        get_head("neurobridge")(make_cfg(data, data=swapped))
+
+
+def test_eval_refuses_a_changed_electrode_set(data, tmp_path):
+    """A run trained on the electrodes that passed an SNR threshold is not evaluated on another
+    set of as many electrodes (the file's quality fields changed since): one clear error."""
+    from heads.zoo.neurobridge.evaluation import check_channels
+
+    root, _ = data
+    monkey = _copy_tvsd(root, tmp_path)
+    good = np.zeros((1, 1024))
+    good[0, :320] = 2.0  # the first 320 V1 channels pass snr_threshold=1
+    _rewrite_mua(monkey, SNR_max=good)
+    changes = {"normmua": str(monkey / "THINGS_normMUA.mat"), "snr_threshold": 1.0}
+    quiet_train(make_cfg(data, data=changes, train={"epochs": 1}), tmp_path / "run")
+    report, _ = runs.evaluate_run("neurobridge", tmp_path / "run")  # unchanged file: evaluates
+    assert report.metrics["electrodes"] == {"V1": 320}
+    _rewrite_mua(monkey, SNR_max=np.roll(good, 512))  # now IT's 320 channels pass instead
+    with pytest.raises(DataError, match="trained on 320 electrodes .* now selects 320"):
+        runs.evaluate_run("neurobridge", tmp_path / "run")
+    head, model, _ = runs.load_trained("neurobridge", tmp_path / "run")
+    assert head.selection.channels.tolist() == list(range(512, 832))
+    with pytest.raises(DataError, match="quality fields changed"):
+        check_channels(head, model)
+
+
+def test_ablation_needs_a_region(tmp_path):
+    from heads.zoo.neurobridge.ablation import run_ablation
+
+    with pytest.raises(ConfigError, match="no region to train: give --region"):
+        run_ablation([], tmp_path)
 
 
 def test_cli_error_leaves_no_run(data, tmp_path):
