@@ -22,7 +22,7 @@ from heads.errors import ConfigError, DataError, HeadsError
 from heads.head import Progress
 from heads.tracking import read_metrics
 from heads.train import train
-from heads.zoo.neurobridge.demo import prepare, write_toml
+from heads.zoo.neurobridge.demo import DemoSize, prepare, run_demo, write_toml
 from heads.zoo.neurobridge.head import electrode_mask, seeded_split
 from heads.zoo.neurobridge.synthetic import planted_mua, write_normmua, write_things_imgs
 
@@ -122,7 +122,7 @@ def test_area_order_per_monkey(data):
     assert set(good.counts()) == {"IT"}
     reliable = select_electrodes(mua, "F", "all", reliab_threshold=0.5)
     assert set(reliable.counts()) == {"IT"}
-    assert len(select_electrodes(mua, "F", "all", reliab_threshold=0.2).channels) == 1024
+    assert len(select_electrodes(mua, "F", "all", reliab_threshold=0.15).channels) == 1024
     with pytest.raises(DataError, match="no electrode of monkey F passes"):
         select_electrodes(mua, "F", "V1", snr_threshold=1.3)
 
@@ -431,6 +431,20 @@ def test_planted_signal_orders_the_areas():
 
     scores = {a: fit(a) for a in ("IT", "V4", "V1")}
     assert scores["IT"] > scores["V4"] > scores["V1"] > 0
+
+
+def test_the_demo_learns_in_the_planted_area_order(tmp_path):
+    """The demo's whole pipeline (synthetic files, stage one, the ablation) at a reduced size:
+    300 training and 50 test images, 25 epochs, IT and V1 only (about 30 s on one thread).
+    Checked with data seeds 0, 1, 2: IT test top-5 58-68%, V1 20-38% (chance 10%)."""
+    size = DemoSize(n_train=300, n_test=50, epochs=25, seed=0)
+    report = run_demo(tmp_path, progress=False, log=quiet, size=size, regions=("IT", "V1"))
+    rows = {r["region"]: r for r in report.metrics["ablation"]}
+    chance = 5 / size.n_test
+    assert rows["IT"]["n2i_top5"] >= 4 * chance
+    assert rows["IT"]["n2i_top5"] >= rows["V1"]["n2i_top5"] + 0.1
+    assert rows["IT"]["best_val_top5"] > rows["V1"]["best_val_top5"]
+    assert "chance: top-1 2%, top-5 10%, top-10 20%" in report.lines
 
 
 def test_test_mua_from_repeats(data):
