@@ -124,6 +124,14 @@ def test_minimind_at_seed_size_matches_the_reference_counts():
     assert LLM_PRESETS["minimind2"].config["intermediate_size"] == 2048
 
 
+def test_stage_recipes_by_their_names():
+    """vlm-pretrain is the default recipe (also `-r pretrain`); vlm-sft is `-r sft`."""
+    head = get_head("vlm")
+    assert recipe(head, "pretrain") == recipe(head)
+    assert recipe(head)["model"]["train_llm"] is False
+    assert recipe(head, "sft")["model"]["train_llm"] is True
+
+
 def test_splice_positions_several_images_and_length(data):
     root, files, overrides = data
     head = get_head("vlm")(make_cfg(overrides, data={"train": str(files["sft"])}))
@@ -238,8 +246,32 @@ def test_checkpoints_hold_only_trainable_weights_and_never_the_vision_tower(stag
     assert torch.equal(stage2["llm.lm_head.weight"], stage2["llm.model.embed_tokens.weight"])
 
 
-def test_stage_two_starts_from_stage_one_and_the_llm_from_its_directory(stages, data):
+def test_stage_two_starts_from_stage_one_and_the_llm_from_its_directory(stages, data, tmp_path):
+    """A stage-2 run whose steps cannot move a weight (lr 1e-30, no decay: at most ~1e-29, which
+    shows only on entries that start at 0, as the padding row) ends where it started: stage 1's
+    trained projector (not a fresh one) and model.llm's weights."""
+    from transformers import AutoModelForCausalLM
+
     s1, s2 = stages
+    root, files, overrides = data
+    still = {"init_from": str(s1), "lr": 1e-30, "min_lr": 0.0, "weight_decay": 0.0}
+    cfg = make_cfg(overrides, "sft", data={"train": str(files["sft"])}, train=still)
+    quiet_train(cfg, tmp_path / "s2")
+    start = read_weights(weights_file(tmp_path / "s2"))
+    projector = read_weights(weights_file(s1))
+    fresh = build_model(get_head("vlm")(cfg), cfg["train"]["seed"]).state_dict()
+    assert set(projector) == {k for k in start if k.startswith("vision_proj.")}
+
+    def same(a, b):
+        return (a - b).abs().max().item() <= 1e-25
+
+    for name, value in projector.items():
+        assert same(start[name], value), name
+        assert not same(fresh[name], value), name  # stage 1 moved it
+    llm = AutoModelForCausalLM.from_pretrained(root / "llm-init").state_dict()
+    assert {f"llm.{k}" for k in llm} == set(start) - set(projector)
+    for name, value in llm.items():
+        assert same(start[f"llm.{name}"], value), name
     head, model, _ = load_trained("vlm", s1)
     init = load_run(s1, device="cpu")  # rebuilt without reading the chat data
     for name, value in model.state_dict().items():
