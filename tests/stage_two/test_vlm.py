@@ -23,7 +23,7 @@ from heads.head import Progress
 from heads.runs import load_trained
 from heads.train import build_model, optimizer_groups, train
 from heads.zoo.vlm import synthetic as syn
-from heads.zoo.vlm.demo import DemoSize, prepare
+from heads.zoo.vlm.demo import DemoSize, prepare, run_demo
 from heads.zoo.vlm.generation import generate
 from heads.zoo.vlm.model import (
     LLM_PRESETS,
@@ -368,6 +368,23 @@ def test_eval_reports_loss_answers_and_a_figure(stages):
     assert (stages[1] / "plots" / "answers.png").stat().st_size > 1000
     answers = [json.loads(x) for x in (stages[1] / "answers.jsonl").read_text().splitlines()]
     assert report["exact_match"] == pytest.approx(np.mean([a["exact"] for a in answers]))
+
+
+def test_the_demo_answers_held_out_colours_above_chance(tmp_path):
+    """The demo's whole pipeline (data, stage one, the text LLM, stage 1, stage 2, eval) at a
+    reduced size: 120 training and 24 held-out images, 10 SFT epochs at batch 8 (~30 s on one
+    thread). Checked with seeds 0, 1, 2: colour exact match 50%, 81%, 94% (chance 1 in 6)."""
+    size = DemoSize(
+        n_train=120, n_val=24, pairs=0, text_epochs=2, stage1_epochs=1, stage2_epochs=10,
+        batch_size=8, seed=0,
+    )  # fmt: skip
+    report = run_demo(tmp_path, progress=False, log=quiet, size=size)
+    by_question = report.metrics["by_question"]
+    colours = [by_question[f"What colour is the {part}?"] for part in ("shape", "background")]
+    assert [c["answers"] for c in colours] == [24, 24]
+    chance = 1 / 6
+    assert all(c["exact_match"] > chance for c in colours)
+    assert np.mean([c["exact_match"] for c in colours]) > 2 * chance
 
 
 # -- bad inputs ------------------------------------------------------------------------------------
