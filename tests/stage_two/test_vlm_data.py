@@ -149,9 +149,11 @@ def test_encoder_refuses_a_placeholder_that_merges(tokenizer):
         ChatEncoder(tokenizer, max_length=100, image_tokens=196)
 
 
-def test_original_tokenizer_layout_is_reproduced(tokenizer):
-    """The offline tokenizer keeps MiniMind's ids: pad 0, <|im_start|> 1, <|im_end|> 2, and the
-    placeholder "@" is one token (id 34, as in MiniMind's)."""
+def test_offline_synthetic_tokenizer_keeps_minimind_special_ids(tokenizer):
+    """The demo's offline-trained tokenizer (not MiniMind's own, which needs the hub) keeps
+    MiniMind's ids: pad 0, <|im_start|> 1, <|im_end|> 2, and the placeholder "@" is one token
+    (id 34, as in MiniMind's). MiniMind's real tokenizer was checked outside the repository
+    (docs/heads/vlm.md, "How it was checked")."""
     assert tokenizer.pad_token_id == 0 and tokenizer.bos_token_id == 1
     assert tokenizer.eos_token_id == 2
     assert tokenizer("@" * 196, add_special_tokens=False)["input_ids"] == [34] * 196

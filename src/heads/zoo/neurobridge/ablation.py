@@ -42,7 +42,9 @@ def run_ablation(
     """Train + evaluate one alignment run per region; returns one row per region and writes
     ``ablation.json``, ``ablation.md`` and ``ablation.png`` into ``out_dir``."""
     if not regions:
-        raise ConfigError("--regions is empty; give e.g. all,IT,V4,V1.")
+        raise ConfigError(
+            "no region to train: give --region once per run, e.g. --region all --region IT."
+        )
     out_dir = Path(out_dir)
     rows = []
     for region in regions:

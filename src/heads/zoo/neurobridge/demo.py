@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from featstore import Store, open_entry
 from featstore.extract import extract
@@ -26,12 +28,23 @@ from .ablation import format_table, run_ablation
 from .synthetic import planted_mua, write_images, write_normmua, write_things_imgs
 
 N_TRAIN, N_TEST = 400, 50
+REGIONS = ("all", "IT", "V4", "V1")
 # a small Perceiver and a short schedule, so the four runs take a few CPU minutes
 DEMO_SETTINGS = {
     "model": {"dim": 32, "depth": 2, "dim_head": 16, "projector_hidden": 128},
     "train": {"epochs": 20, "batch_size": 40, "lr": 2e-3, "min_lr": 2e-5, "patience": 8},
     "eval": {"batch_size": 40},
 }
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is (a test runs a smaller one): images, epochs and the data's seed."""
+
+    n_train: int = N_TRAIN
+    n_test: int = N_TEST
+    epochs: int = DEMO_SETTINGS["train"]["epochs"]
+    seed: int = 0  # the images and the planted MUA
 
 
 def prepare(
@@ -61,7 +74,8 @@ def prepare(
         keys[split] = result.entries[0].key
     entries = [open_entry(keys[split], store) for split in ("train", "test")]
     embeddings = np.concatenate([e.gather(np.arange(len(e))) for e in entries])
-    normmua = write_normmua(monkey / "THINGS_normMUA.mat", planted_mua(embeddings, n_train))
+    mua = planted_mua(embeddings, n_train, seed=seed)
+    normmua = write_normmua(monkey / "THINGS_normMUA.mat", mua)
     return {
         "data": {
             "store": str(store.root),
@@ -92,18 +106,43 @@ def merged(*configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_demo(workdir: Path, progress: bool = True, log: Callable[[str], None] = print) -> Report:
-    workdir = Path(workdir)
-    data = prepare(workdir, progress=progress, log=log)
-    config = write_toml(merged(DEMO_SETTINGS, data), workdir / "demo.toml")
+def run_demo(
+    workdir: Path,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    size: DemoSize = DemoSize(),
+    regions: tuple[str, ...] = REGIONS,
+) -> Report:
+    # The demo's matrices are tiny (width 32): a second intra-op thread adds only
+    # synchronisation, and on a busy machine its spin-waits make steps several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_demo(Path(workdir), progress, log, size, regions)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(
+    workdir: Path,
+    progress: bool,
+    log: Callable[[str], None],
+    size: DemoSize,
+    regions: tuple[str, ...],
+) -> Report:
+    n_train, n_test = size.n_train, size.n_test
+    data = prepare(
+        workdir, progress=progress, log=log, n_train=n_train, n_test=n_test, seed=size.seed
+    )
+    settings = merged(DEMO_SETTINGS, {"train": {"epochs": size.epochs}}, data)
+    config = write_toml(settings, workdir / "demo.toml")
     log("\nstage two: heads ablate neurobridge -c demo.toml (synthetic TVSD-like data)")
     out = workdir / "runs" / "ablation"
-    regions = ["all", "IT", "V4", "V1"]
-    rows = run_ablation(regions, out, config_files=[config], progress=progress, log=log)
+    rows = run_ablation(list(regions), out, config_files=[config], progress=progress, log=log)
     lines = [
-        f"SYNTHETIC data: {N_TRAIN} training and {N_TEST} test images; MUA planted from the "
+        f"SYNTHETIC data: {n_train} training and {n_test} test images; MUA planted from the "
         f"tiny teacher's embeddings, strongest in IT, then V4, then V1.",
-        f"chance: top-1 {1 / N_TEST:.0%}, top-5 {5 / N_TEST:.0%}, top-10 {10 / N_TEST:.0%}",
+        f"chance: top-1 {1 / n_test:.0%}, top-5 {5 / n_test:.0%}, top-10 {10 / n_test:.0%}",
         *format_table(rows),
     ]
     for line in lines:

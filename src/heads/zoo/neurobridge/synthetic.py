@@ -26,7 +26,7 @@ MAT_HEADER = (
     b"HDF5 schema 1.00 ."
 )
 # area -> (share of embedding dimensions it encodes, noise std relative to its signal)
-PLANTED = {"IT": (1.0, 0.6), "V4": (0.33, 1.5), "V1": (0.12, 1.5)}
+PLANTED = {"IT": (1.0, 0.6), "V4": (0.33, 1.5), "V1": (0.12, 2.0)}
 REPEATS = 30
 
 

@@ -49,6 +49,7 @@ class DemoSize:
     stage1_epochs: int = 3
     stage2_epochs: int = 20
     batch_size: int = 16
+    seed: int = 0  # the images, conversations, tiny LLM and training order
 
 
 def prepare(
@@ -155,7 +156,7 @@ def run_demo(
 def _run_demo(workdir: Path, progress: bool, log: Callable[[str], None], size: DemoSize) -> Report:
     from .runtime import load_run
 
-    prepared = prepare(workdir, size, progress=progress, log=log)
+    prepared = prepare(workdir, size, progress=progress, log=log, seed=size.seed)
     files, shared = prepared["files"], prepared["overrides"]
     runs_dir = workdir / "runs"
 
