@@ -320,12 +320,14 @@ def check_ddp(bigg: dict, device: torch.device, work: Path, tiny: bool) -> dict:
         str(work / "run-ddp"),
         "-q",
         *[x for o in overrides for x in ("--set", o)],
+        "--set",
+        "train.ddp_one_rank=true",  # one rank would otherwise train the plain module
     ]
     t0 = time.perf_counter()
     done = subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"}
     )
-    ok = done.returncode == 0 and "x 1 ranks" in done.stdout
+    ok = done.returncode == 0 and "x 1 ranks (DDP)" in done.stdout
     return {
         "ok": ok,
         "seconds": time.perf_counter() - t0,

@@ -55,6 +55,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    ddp_one_rank: bool = False  # under torchrun with one rank, wrap in DDP anyway (a path check)
     seed: int = 0
     # data loading (the loop builds the DataLoader)
     num_workers: int = 0

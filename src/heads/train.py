@@ -312,7 +312,10 @@ def train(
     distributed.barrier()
 
     train_model: nn.Module = model
-    if ctx.world_size > 1:  # one rank has nothing to average: DDP would only copy gradients
+    # One rank has nothing to average: DDP would only copy gradients (unless asked to, to
+    # exercise the DDP path on a machine with one GPU).
+    ddp = ctx.world_size > 1 or (ctx.distributed and t.ddp_one_rank)
+    if ddp:
         train_model = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
@@ -343,7 +346,7 @@ def train(
         f"training {n_params / 1e6:.2f} M parameters"
         + (f" ({n_frozen / 1e6:.2f} M frozen)" if n_frozen else "")
         + f" on {device} ({precision})"
-        + (f" x {ctx.world_size} ranks" if ctx.world_size > 1 else "")
+        + (f" x {ctx.world_size} ranks (DDP)" if ddp else "")
         + f", {epochs} epochs x {steps_per_epoch} steps"
         + (f" ({total_steps} steps)" if t.steps else "")
     )
@@ -430,7 +433,7 @@ def train(
                 batch = to_device(batch, device)
                 last_micro = (micro + 1) % t.grad_accum == 0
                 prog = Progress(epoch, state.step, epochs, steps_per_epoch, total_steps)
-                sync = nullcontext() if last_micro or ctx.world_size == 1 else train_model.no_sync()
+                sync = nullcontext() if last_micro or not ddp else train_model.no_sync()
                 with sync:
                     with autocast(device, amp_dtype):
                         loss, loss_parts = head.loss(train_model, batch, prog)
