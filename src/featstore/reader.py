@@ -454,7 +454,12 @@ class Entry:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if not rows.size:
             return rows
-        n, lo, hi = self._n, int(rows.min()), int(rows.max())
+        if rows.size <= 64:  # a batch: Python's min/max skip two numpy reductions (~5 µs each)
+            listed = rows.tolist()
+            lo, hi = min(listed), max(listed)
+        else:
+            lo, hi = int(rows.min()), int(rows.max())
+        n = self._n
         if lo < -n or hi >= n:
             raise IndexError(f"row index out of range for entry of {n} rows")
         return rows if lo >= 0 else np.where(rows < 0, rows + n, rows)
