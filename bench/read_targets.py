@@ -215,6 +215,19 @@ def huge_page_share(under: Path) -> float | None:
     return pmd / rss if rss else None
 
 
+def row_loop(arr: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Reference: the copy loop of ``mmap_views`` over the array in RAM. Against it, the maps'
+    row shows what copying out of page-cache memory costs by itself."""
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
+        for j, i in enumerate(rows.tolist()):
+            out[j] = arr[i]
+        return out
+
+    return read
+
+
 def mmap_views(entry: Entry) -> Callable[[np.ndarray], np.ndarray]:
     """Reference: plain ndarray views of ``np.memmap``s over the same chunk files, no featstore
     code on the read path (the floor the reader's own Python overhead sits on)."""
@@ -284,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         "numpy-4k": lambda rows: arr_4k[rows],
         "h5py": lambda rows: ds[np.sort(rows)],
         "mmap-views": mmap_views(entry_nv),
+        "numpy-loop": row_loop(arr),
         "zarr": lambda rows: zarr_arr.get_orthogonal_selection((np.sort(rows),)),
     }
     labels = {
@@ -294,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
         "h5py": "(c) h5py contiguous dataset, sorted fancy index",
         "zarr": f"(d) zarr-python `get_orthogonal_selection` ({args.zarr_iters} batches)",
         "mmap-views": "(ref) plain ndarray views of np.memmap over the same chunk files",
+        "numpy-loop": "(ref) the same row-by-row copy loop over the numpy array in RAM",
     }
     check_same(readers, arr, batches[0])
     load_start = os.getloadavg()
@@ -336,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("| reader | samples/s (median round) | GiB/s | vs numpy (paired median) |")
     print("|---|---:|---:|---:|")
     for name in ["featstore", "featstore-noverify", "numpy", "numpy-4k", "h5py", "zarr",
-                 "mmap-views"]:  # fmt: skip
+                 "mmap-views", "numpy-loop"]:  # fmt: skip
         rate = rates[name]
         print(
             f"| {labels[name]} | {rate:,.0f} | {rate * row_mib / 1024:.2f} | {ratios[name]:.3f} |"
@@ -358,7 +373,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"(goal >= {GOAL_VS_NUMPY}: {'met' if ok_np else 'MISSED'}), {vs_h5py:.2f}x h5py "
         f"(goal >= {GOAL_VS_H5PY}: {'met' if ok_h5 else 'MISSED'}; numpy itself is "
         f"{numpy_vs_h5py:.2f}x h5py here); {paired('featstore', 'numpy-4k'):.2f}x numpy without "
-        f"huge pages, {paired('featstore', 'mmap-views'):.2f}x plain memmap views"
+        f"huge pages, {paired('featstore', 'mmap-views'):.2f}x plain memmap views; the memmap "
+        f"copy loop is {paired('mmap-views', 'numpy-loop'):.2f}x the same loop over RAM"
     )
     if huge_share is not None:
         print(f"the entry's memory maps: {huge_share:.0%} of resident bytes in 2 MiB pages")
