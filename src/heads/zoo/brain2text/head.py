@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from featstore import Store, open_entry
+from featstore import Store
 
+from ...data.entries import open_config_entry
 from ...data.t15 import (
     N_CLASSES,
     TrialReader,
@@ -40,10 +41,7 @@ AUDIO_FAMILY = "qwen-audio"
 
 def open_audio(key: str, store: Store):
     """The audio entry, checked: a ragged ``frames`` entry of the qwen-audio teacher family."""
-    try:
-        entry = open_entry(key, store)
-    except Exception as e:  # noqa: BLE001 - reported with the config key that named it
-        raise DataError(f"data.audio = {key!r}: {e}") from None
+    entry = open_config_entry(key, store, "data.audio")
     m = entry.manifest
     family = (m.get("key_inputs") or {}).get("family", "")
     teacher = m.get("teacher", "")

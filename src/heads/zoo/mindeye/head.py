@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featstore import Store, open_entry
+from featstore import Store
 
+from ...data.entries import open_config_entry
 from ...data.nsd import BETAS_ROW, IMAGE, Betas, read_trials, split_trials
 from ...errors import ConfigError, DataError
 from ...head import Head, Progress
@@ -29,15 +30,7 @@ from .model import MindEyeModel
 
 
 def _open_targets(key: str, store: Store, what: str):
-    if not key:
-        raise ConfigError(
-            f"data.{what} is not set: give the key of a featstore entry "
-            f"(`featstore ls` lists them)."
-        )
-    try:
-        entry = open_entry(key, store)
-    except Exception as e:  # noqa: BLE001 - reported with the config key that named it
-        raise DataError(f"data.{what} = {key!r}: {e}") from None
+    entry = open_config_entry(key, store, f"data.{what}")
     if entry.ragged:
         raise DataError(f"data.{what} = {key!r} is a ragged entry; MindEye needs fixed rows.")
     return entry

@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featstore import Store, open_entry
+from featstore import Store
 from featstore.errors import FeatstoreError
 from featstore.sources.tvsd import read_things_paths
 
+from ...data.entries import open_config_entry
 from ...data.tvsd import NormMUA, Selection, monkey_from_path, select_electrodes
 from ...distributed import gather_with_grad
 from ...errors import ConfigError, DataError
@@ -89,15 +90,8 @@ class MuaRows(torch.utils.data.Dataset):
 
 
 def _open_entry(key: str, store: Store, what: str):
-    if not key:
-        raise ConfigError(
-            f"data.{what} is not set: give the key of a clip-l-image `embeds` entry "
-            f"(`featstore ls` lists them)."
-        )
-    try:
-        entry = open_entry(key, store)
-    except FeatstoreError as e:
-        raise DataError(f"data.{what} = {key!r}: {e}") from None
+    hint = "give the key of a clip-l-image `embeds` entry (`featstore ls` lists them)."
+    entry = open_config_entry(key, store, f"data.{what}", hint)
     if entry.ragged or len(entry.row_shape) != 1:
         raise DataError(
             f"data.{what} = {key!r} has rows {entry.row_shape}; NeuroBridge needs one vector "

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featstore import Store, open_entry
+from featstore import Store
 
 from ...data.coco_karpathy import CocoCaptions, normalize_caption, read_coco_captions
+from ...data.entries import open_config_entry
 from ...errors import ConfigError, DataError
 from ...head import Head, Progress, decay_groups
 from ...losses.sequence import masked_lm_loss
@@ -48,14 +49,7 @@ def noise_injection(x: torch.Tensor, variance: float) -> torch.Tensor:
 
 def open_feature_entry(key: str, store: Store, what: str):
     """A featstore entry named by a config key, with one clear error when it cannot be used."""
-    if not key:
-        raise ConfigError(
-            f"{what} is not set: give the key of a featstore entry (`featstore ls` lists them)."
-        )
-    try:
-        entry = open_entry(key, store)
-    except Exception as e:  # noqa: BLE001 - reported with the config key that named it
-        raise DataError(f"{what} = {key!r}: {e}") from None
+    entry = open_config_entry(key, store, what)
     if entry.ragged or len(entry.row_shape) != 1:
         raise DataError(
             f"{what} = {key!r} has rows {entry.row_shape}; ViECap needs one vector per item "

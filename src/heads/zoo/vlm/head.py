@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from featstore import Entry, FeatstoreError, Store, open_entry
+from featstore import Entry, Store
 
 from ...checkpoint import weights_file
 from ...data.chat_jsonl import ChatEncoder, ChatSample, pad_batch, read_chat_jsonl
+from ...data.entries import open_config_entry
 from ...errors import ConfigError, DataError
 from ...head import Head, Progress
 from ...losses.sequence import masked_lm_loss
@@ -47,15 +48,11 @@ def make_encoder(tokenizer: Any, data: dict[str, Any]) -> ChatEncoder:
 
 def open_patches(key: str, store: Store, image_tokens: int, what: str = "data.patches") -> Entry:
     """The featstore entry of patch tokens, checked: fixed rows of ``[image_tokens, width]``."""
-    if not key:
-        raise ConfigError(
-            f"{what} is not set: give the key of the image folder's patch-token entry "
-            f"(`featstore extract -t vitb16-patch -s IMAGES`; `featstore ls` lists keys)."
-        )
-    try:
-        entry = open_entry(key, store)
-    except FeatstoreError as e:  # no such entry, an incomplete one, a damaged manifest
-        raise DataError(f"{what} = {key!r}: {e}") from None
+    hint = (
+        "give the key of the image folder's patch-token entry "
+        "(`featstore extract -t vitb16-patch -s IMAGES`; `featstore ls` lists keys)."
+    )
+    entry = open_config_entry(key, store, what, hint)
     shape = entry.row_shape
     if entry.ragged or len(shape) != 2 or shape[0] != image_tokens:
         raise DataError(
