@@ -26,3 +26,21 @@ def test_a_bug_while_opening_is_not_reported_as_a_user_error(tmp_path, monkeypat
     monkeypatch.setattr(entries, "open_entry", broken)
     with pytest.raises(KeyError):
         entries.open_config_entry("abc123", Store(tmp_path / "store"), "data.targets")
+
+
+def test_require_ids_counts_names_and_shows_the_first_missing():
+    import numpy as np
+
+    class Entry:  # the two things require_ids reads of a featstore entry
+        key, manifest = "1f2e", {"teacher": "bigG-tiny"}
+
+        def contains(self, ids):
+            return np.isin(ids, [1, 2, 3])
+
+    entries.require_ids(Entry(), np.array([1, 3]), "trial images", "data.x", "Fix it.")
+    with pytest.raises(DataError) as e:
+        entries.require_ids(Entry(), np.array([1, 7, 2, 9]), "trial images", "data.x", "Fix it.")
+    assert str(e.value) == (
+        "2 of 4 trial images are missing from data.x (1f2e, teacher bigG-tiny); first: [7, 9]. "
+        "Fix it."
+    )

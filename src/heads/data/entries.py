@@ -3,6 +3,8 @@ an entry that cannot be opened. Each head then checks the entry's shape for its 
 
 from __future__ import annotations
 
+import numpy as np
+
 from featstore import Entry, FeatstoreError, Store, open_entry
 
 from ..errors import ConfigError, DataError
@@ -20,3 +22,15 @@ def open_config_entry(key: str, store: Store, what: str, hint: str = _ANY_ENTRY)
         return open_entry(key, store)
     except FeatstoreError as e:
         raise DataError(f"{what} = {key!r}: {e}") from None
+
+
+def require_ids(entry: Entry, ids: np.ndarray, items: str, where: str, fix: str) -> None:
+    """Every id in ``ids`` has a row in ``entry``; otherwise one error that counts the missing
+    ``items``, names the entry (config key ``where``, key, teacher), shows the first few and says
+    how to ``fix`` it."""
+    missing = ids[~entry.contains(ids)]
+    if len(missing):
+        raise DataError(
+            f"{len(missing)} of {len(ids)} {items} are missing from {where} ({entry.key}, "
+            f"teacher {entry.manifest.get('teacher')}); first: {missing[:5].tolist()}. {fix}"
+        )

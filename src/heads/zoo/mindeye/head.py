@@ -18,7 +18,7 @@ from torch import nn
 
 from featstore import Store
 
-from ...data.entries import open_config_entry
+from ...data.entries import open_config_entry, require_ids
 from ...data.nsd import BETAS_ROW, IMAGE, Betas, read_trials, split_trials
 from ...errors import ConfigError, DataError
 from ...head import Head, Progress
@@ -37,13 +37,8 @@ def _open_targets(key: str, store: Store, what: str):
 
 
 def _check_covered(entry, image_ids: np.ndarray, what: str) -> None:
-    missing = image_ids[~entry.contains(image_ids)]
-    if len(missing):
-        raise DataError(
-            f"{len(missing)} of {len(image_ids)} trial images are missing from data.{what} "
-            f"({entry.key}, teacher {entry.manifest.get('teacher')}); first: "
-            f"{missing[:5].tolist()}. Extract the targets over every image the trials use."
-        )
+    fix = "Extract the targets over every image the trials use."
+    require_ids(entry, image_ids, "trial images", f"data.{what}", fix)
 
 
 class TrainTrials(torch.utils.data.Dataset):

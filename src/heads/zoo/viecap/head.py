@@ -22,7 +22,7 @@ from torch import nn
 from featstore import Store
 
 from ...data.coco_karpathy import CocoCaptions, normalize_caption, read_coco_captions
-from ...data.entries import open_config_entry
+from ...data.entries import open_config_entry, require_ids
 from ...errors import ConfigError, DataError
 from ...head import Head, Progress, decay_groups
 from ...losses.sequence import masked_lm_loss
@@ -142,15 +142,12 @@ class ViECap(Head):
         self.dataset = CaptionSet(self, self.train_rows, cfg["train"]["seed"])
 
     def _check_covered(self, rows: np.ndarray, splits: str) -> None:
+        fix = (
+            f"Extract it over the same captions file: "
+            f"featstore extract -t vitb32-text -s {self.captions.path}"
+        )
         ids = self.captions.caption_ids[rows]
-        missing = ids[~self.text.contains(ids)]
-        if len(missing):
-            raise DataError(
-                f"{len(missing)} of {len(ids)} {splits} caption ids are missing from "
-                f"data.text_entry ({self.text.key}, teacher {self.text.manifest.get('teacher')}); "
-                f"first: {missing[:5].tolist()}. Extract it over the same captions file: "
-                f"featstore extract -t vitb32-text -s {self.captions.path}"
-            )
+        require_ids(self.text, ids, f"{splits} caption ids", "data.text_entry", fix)
 
     # -- batches ----------------------------------------------------------------------------------
     def make_batch(self, rows: np.ndarray, entities: list[list[str]]) -> dict[str, torch.Tensor]:
