@@ -79,3 +79,20 @@ def test_repeat_padding_rules():
     assert repeat_weights(2, "mean").tolist() == [0.5, 0.5]
     assert repeat_weights(1, "original").tolist() == [1.0]  # [a, a, a]
     assert repeat_weights(3, "original").tolist() == pytest.approx([1 / 3] * 3)
+
+
+def test_a_way_covering_the_whole_test_set_is_one_draw_without_a_ci():
+    from heads.report import percent_line
+
+    torch.manual_seed(0)
+    emb = {"images": np.arange(12), "brain": torch.nn.functional.normalize(torch.randn(12, 8)),
+           "targets": torch.nn.functional.normalize(torch.randn(12, 8))}  # fmt: skip
+    whole = retrieval_scores(emb, way=300, draws=30, seed=42)["image_retrieval"]
+    sim = original_batchwise_cosine_similarity(emb["brain"], emb["targets"])
+    assert whole["mean"] == pytest.approx(original_topk1(sim, torch.arange(12)))
+    assert whole["whole_set"] and whole["ci95"] == 0 and whole["way"] == 12
+    assert percent_line("image_retrieval", whole).endswith(
+        "(12-way: all test items, one draw; chance 8.3%)"
+    )
+    part = retrieval_scores(emb, way=6, draws=30, seed=42)["image_retrieval"]
+    assert not part["whole_set"] and " ± " in percent_line("image_retrieval", part)

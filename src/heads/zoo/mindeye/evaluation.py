@@ -98,6 +98,8 @@ def retrieval_scores(
     n = len(emb["images"])
     image, brain, text = [], [], []
     subsets = draw_subsets(n, way, draws, seed, rng)
+    if subsets and len(subsets[0]) == n:  # every draw is the whole test set: score it once
+        subsets = subsets[:1]
     for pick in subsets:
         pick = torch.from_numpy(np.asarray(pick))
         sim = emb["targets"][pick] @ emb["brain"][pick].T  # [image, brain]
@@ -107,7 +109,7 @@ def retrieval_scores(
     k_text = min(way, n_text)
     if k_text >= 2:
         gen = np.random.default_rng(seed)
-        for _ in range(draws):
+        for _ in range(draws if k_text < n_text else 1):
             tp = torch.from_numpy(gen.choice(n_text, size=k_text, replace=False))
             text.append(_top1(emb["text_pred"][tp] @ emb["text_true"][tp].T))
     k = len(subsets[0]) if subsets else 0
