@@ -99,3 +99,18 @@ def test_a_two_rank_run_resumes_exactly(probe, tmp_path, two_rank_run):
     w_cut = ckpt.read_weights(run / ckpt.FINAL_WEIGHTS)
     assert all(torch.equal(w_full[k], w_cut[k]) for k in w_full)
     assert read_metrics(run)[-1]["step"] == 27
+
+
+def test_one_rank_trains_the_plain_module_unless_asked_and_both_equal_one_process(probe, tmp_path):
+    one = runs.plan_training(
+        "probe", overrides=[*probe.overrides, "train.epochs=3"], run_dir=tmp_path / "one"
+    )
+    runs.run_training(one, progress=False, log=lambda *_: None)
+    w1 = ckpt.read_weights(one.run_dir / ckpt.FINAL_WEIGHTS)
+    for flag, wrapped in (("false", False), ("true", True)):
+        run = tmp_path / f"ddp-{flag}"
+        done = torchrun(1, "train", "probe", "--run-dir", str(run), *ARGS, *sets(probe),
+                        "--set", f"train.ddp_one_rank={flag}")  # fmt: skip
+        assert ("x 1 ranks (DDP)" in done.stdout) == wrapped, done.stdout
+        w = ckpt.read_weights(run / ckpt.FINAL_WEIGHTS)
+        assert all(torch.allclose(w1[k], w[k], atol=1e-6, rtol=0) for k in w1)
