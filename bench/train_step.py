@@ -74,7 +74,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import featstore  # noqa: F401  (applies featstore's import fix-ups first)
+import featstore.reader  # (applies featstore's import fix-ups first)
 from featstore.reader import Entry
 from featstore.store import read_manifest
 from featstore.writer import EntryWriter
@@ -404,7 +404,12 @@ def memory_child(job: dict[str, Any], out_file: str) -> None:
     sampler = MemSampler(job["sample_ms"] / 1000)
     start = sampler.sample()
     betas = Betas(job["betas"])
+    # The machine this section stands for has --mem-goal-gib of memory: the reader decides how
+    # to read (featstore.reader._pages_budget) as it would there, so an entry 4.8x that size
+    # is read row by row from disk and through per-chunk maps when cached, not as 2 MiB pages.
+    featstore.reader._pages_budget = lambda: int(job["mem_goal_bytes"] * 0.5)
     entry = Entry(entry_path, verify=job["verify"])
+    assert entry._rows.way != "pages"
     model = make_model(args, BIGG_ROW, "none")
     step = Stepper(model, args.phase, on_backward=sampler.sample)
     base = sampler.sample()  # model + optimizer built; no target read yet
@@ -425,7 +430,7 @@ def memory_child(job: dict[str, Any], out_file: str) -> None:
             trajectory.append({
                 "step": i, "rows_touched": len(rows_seen),
                 "chunks_touched": len({r // cr for r in rows_seen}),
-                "maps_open": len(entry._rows._views),  # the reader's own count
+                "maps_open": entry._rows.open_maps,  # the reader's own count
                 "maps_in_proc": mapped_chunk_files(entry_path / "features"),
                 "RssFile": s["RssFile"], "RssAnon": s["RssAnon"], "VmRSS": s["VmRSS"],
             })  # fmt: skip
@@ -454,6 +459,7 @@ def section2(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         job = {"args": {k: v for k, v in vars(args).items() if not isinstance(v, Path)},
                "entry": str(entry_path), "betas": str(betas_path), "verify": verify,
                "steps": args.mem_steps, "sample_ms": args.sample_ms,
+               "mem_goal_bytes": int(args.mem_goal_gib * 2**30),
                "threads": torch.get_num_threads()}  # fmt: skip
         t0 = time.perf_counter()
         proc = ctx.Process(target=memory_child, args=(job, str(out_file)))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -92,22 +95,141 @@ def test_memmap_and_zarr_paths_agree(tokens_entry):
     np.testing.assert_array_equal(tokens_entry.gather(rows), slow.gather(rows))
 
 
-def test_cold_and_warm_read_paths_agree(tokens_entry, captions, store):
-    """prefetch="always" reads with fadvise + pread, "never" from memory maps: same rows."""
-    cold = open_entry(str(tokens_entry.path), prefetch="always")
-    warm = open_entry(str(tokens_entry.path), prefetch="never")
+def test_every_read_way_returns_the_same_rows(tokens_entry, captions, store):
+    """ "rows" (fadvise + pread), "pages" (2 MiB-page maps) and "never" (plain maps): same rows,
+    fixed and ragged."""
+    ways = {m: open_entry(str(tokens_entry.path), prefetch=m) for m in ("rows", "pages", "never")}
     rows = np.array([19, 0, 8, 8, 15])
-    np.testing.assert_array_equal(cold.gather(rows), warm.gather(rows))
-    assert not cold._rows.open_maps and warm._rows.open_maps  # the cold path maps nothing
+    want = ways["never"].gather(rows)
+    for entry in ways.values():
+        np.testing.assert_array_equal(entry.gather(rows), want)
+    assert ways["rows"]._rows.way == "rows" and not ways["rows"]._rows.open_maps  # maps nothing
+    assert ways["never"]._rows.way == "maps" and ways["never"]._rows.open_maps
     key = run(WordVectors(), open_source(captions), store, dtype="float32", chunk_rows=3,
               batch_size=2).entries[0].key  # fmt: skip
     items = [6, 0, 3]
-    cold_items = open_entry(key, store, prefetch="always").gather(items)
-    warm_items = open_entry(key, store, prefetch="never").gather(items)
-    for a, b in zip(cold_items, warm_items, strict=True):
-        np.testing.assert_array_equal(a, b)
+    want_items = open_entry(key, store, prefetch="never").gather(items)
+    for mode in ("rows", "pages"):
+        ragged = open_entry(key, store, prefetch=mode)
+        for a, b in zip(ragged.gather(items), want_items, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # chunks of a whole number of pages map back to back as one array; others one map each
+    assert ways["pages"]._rows._array is not None
+    values = ragged._rows
+    assert (values._array is None) == (values.chunk_bytes % mmap.PAGESIZE != 0)
     with pytest.raises(FeatstoreError, match="prefetch 'sometimes' unknown"):
         open_entry(str(tokens_entry.path), prefetch="sometimes")
+
+
+def test_pages_way_reads_the_entry_as_one_array(tokens_entry):
+    """Chunk files mapped back to back: rows across a chunk boundary are a view, not a copy,
+    and a view outlives the entry that made it (the maps stay until the last view is gone)."""
+    import gc
+
+    entry = open_entry(str(tokens_entry.path), prefetch="pages")
+    plain = open_entry(str(tokens_entry.path), prefetch="never")
+    assert entry.chunk_rows == 8
+    span = entry._rows.rows(5, 13)  # chunks 0 and 1
+    assert not span.flags.owndata and span.base is not None
+    with pytest.raises(ValueError, match="read-only"):
+        span[0, 0, 0] = 1  # the maps are read-only; numpy refuses instead of a segfault
+    np.testing.assert_array_equal(span, plain.gather(np.arange(5, 13)))
+    want = plain.gather(np.arange(5, 13)).copy()
+    del entry
+    gc.collect()
+    np.testing.assert_array_equal(span, want)  # still mapped: no crash, same bytes
+
+
+def test_cgroup_memory_limit_v1_and_v2(tmp_path):
+    """The smallest limit on the cgroup or an ancestor; "max" / v1's ~2**63 mean none."""
+    from featstore.reader import cgroup_memory_limit
+
+    proc = tmp_path / "cgroup"
+    job = tmp_path / "fs" / "slurm" / "job_7"
+    job.mkdir(parents=True)
+    (job / "memory.max").write_text("max\n")
+    (job.parent / "memory.max").write_text(f"{64 << 30}\n")
+    proc.write_text("0::/slurm/job_7\n")
+    assert cgroup_memory_limit(proc, tmp_path / "fs") == 64 << 30
+    (job / "memory.max").write_text(f"{8 << 30}\n")
+    assert cgroup_memory_limit(proc, tmp_path / "fs") == 8 << 30
+    v1 = tmp_path / "fs" / "memory" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    proc.write_text("4:memory:/docker/abc\n1:cpu:/\n")
+    assert cgroup_memory_limit(proc, tmp_path / "fs") is None
+    (v1 / "memory.limit_in_bytes").write_text(f"{2 << 30}\n")
+    assert cgroup_memory_limit(proc, tmp_path / "fs") == 2 << 30
+    assert cgroup_memory_limit(tmp_path / "missing", tmp_path / "fs") is None
+
+
+def _map_flags(entry) -> list[set[str]]:
+    """VmFlags of the maps of the entry's chunk files this reader holds (/proc/self/smaps)."""
+    raw = entry._rows
+    spans = [(v.ctypes.data, v.ctypes.data + raw.chunk_bytes) for v, _ in raw._maps.values()]
+    if raw._array is not None:
+        spans.append(
+            (raw._array.ctypes.data, raw._array.ctypes.data + raw._n_chunks * raw.chunk_bytes)
+        )
+    flags, mine = [], False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and ":" not in fields[0]:
+            start = int(fields[0].split("-")[0], 16)
+            mine = (
+                len(fields) >= 6
+                and fields[5].startswith(str(entry.path))
+                and any(lo <= start < hi for lo, hi in spans)
+            )
+        elif mine and fields[0] == "VmFlags:":
+            flags.append(set(fields[1:]))
+    assert len(flags) == raw.open_maps > 0  # one map per chunk file
+    return flags
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc")
+def test_pages_way_asks_the_kernel_for_2mib_pages_and_no_read_around(tokens_entry):
+    """The maps of the "pages" way carry MADV_HUGEPAGE ("hg") and MADV_RANDOM ("rr"), so a
+    fault reads its aligned 2 MiB block once; plain maps carry neither."""
+    pages = open_entry(str(tokens_entry.path), prefetch="pages")
+    pages.gather([0, 19])
+    assert all({"hg", "rr"} <= f for f in _map_flags(pages))
+    plain = open_entry(str(tokens_entry.path), prefetch="never")
+    plain.gather([0, 19])
+    assert not any({"hg", "rr"} & f for f in _map_flags(plain))
+
+
+def test_auto_reads_pages_when_the_entry_fits_in_memory_else_rows(tokens_entry, monkeypatch):
+    from featstore import reader
+
+    assert open_entry(str(tokens_entry.path))._rows.way == "pages"  # a few KiB: fits
+    monkeypatch.setattr(reader, "_pages_budget", lambda: 0)  # as if larger than memory
+    big = open_entry(str(tokens_entry.path))
+    assert big._rows.way == "rows"  # from disk until batches show the page cache
+    want = open_entry(str(tokens_entry.path), prefetch="never").gather([3, 1])
+    for _ in range(reader._WARM_AFTER_BATCHES + 1):
+        big._rows._observe(2, 64, 0.0)  # fast batches: back to the maps
+    assert big._rows.way == "maps"
+    np.testing.assert_array_equal(big.gather([3, 1]), want)
+    monkeypatch.undo()
+    monkeypatch.setattr(reader, "_advise_pages", lambda mm: False)  # kernel refuses 2 MiB pages
+    refused = open_entry(str(tokens_entry.path))
+    np.testing.assert_array_equal(refused.gather([3, 1]), want)
+    assert refused._rows.way == "rows"  # "auto" falls back to reading rows
+
+
+def test_pages_budget_is_a_share_of_available_memory():
+    from featstore import reader
+
+    budget = reader._pages_budget()
+    if reader.cgroup_memory_limit() is not None:
+        pytest.skip("this process has a cgroup memory limit; the budget may be its share")
+    if Path("/proc/meminfo").is_file():
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        avail = next(int(x.split()[1]) * 1024 for x in lines if x.startswith("MemAvailable:"))
+        assert abs(budget - avail * reader._PAGES_MEMORY_SHARE) < 0.05 * avail
+    else:
+        assert budget == 0
 
 
 def test_dataset_in_dataloader_workers(tokens_entry):

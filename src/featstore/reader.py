@@ -5,10 +5,15 @@ batches of rows. An uncompressed Zarr v3 chunk (``format.raw_layout_reason`` say
 exactly the C-order bytes of its rows, so ``RawRows`` maps those files. Anything else goes
 through zarr-python.
 
-Cold reads: a page fault on a map fetches a large row in small synchronous pieces. When reads
-come from disk, ``RawRows`` instead tells the kernel every row of the batch up front
-(``POSIX_FADV_WILLNEED``), so it reads them in parallel, and ``pread``s each row into the
-output; once reads come from the page cache again it copies from the maps.
+Cold reads: a page fault on a plain map fetches a large row in small synchronous pieces. When
+the array fits in memory, ``RawRows`` maps its chunk files back to back as one array (a batch is
+then one numpy fancy index), advised ``MADV_HUGEPAGE`` and ``MADV_RANDOM``: a fault then reads
+the whole aligned 2 MiB block in one request, the block stays in the page cache as one 2 MiB
+page, and later copies pay no 4 KiB TLB misses. A cold epoch reads each byte once, in large
+requests. When the array is larger than memory, reading 2 MiB to serve a 0.81 MiB row would read
+most bytes two or three times, so ``RawRows`` instead tells the kernel every row of the batch up
+front (``POSIX_FADV_WILLNEED``: it reads them in parallel) and ``pread``s each row into the
+output, switching back to the maps while batches come from the page cache.
 
 Integrity: each block of ``block_rows`` rows (one item for ragged entries) has a CRC32C. A
 block is checked on the bytes actually read, the first time any process sharing the ``Entry``
@@ -27,6 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import _region
 from .arrays import read_checked, read_vector
 from .errors import (
     CorruptChunkError,
@@ -50,7 +56,10 @@ from .format import (
 from .integrity import crc32c, crc_hex
 from .store import Store
 
-PREFETCH_MODES = ("auto", "always", "never")
+PREFETCH_MODES = ("auto", "pages", "rows", "never")
+# "auto" reads through 2 MiB pages when the array takes at most this share of the memory the
+# kernel reports available (the page cache can then keep it), else row by row.
+_PAGES_MEMORY_SHARE = 0.5
 _FIX = "Remove the entry with `featstore rm KEY` and extract it again."
 # A batch counts as read from disk when copying it took longer than this per row plus per byte
 # (page-cache copies run at several GB/s; a disk read costs tens of microseconds at least).
@@ -60,16 +69,23 @@ _WARM_AFTER_BATCHES = 8  # fast batches in a row before reading from the maps ag
 
 
 class RawRows:
-    """Rows of a raw Zarr v3 array, read from its chunk files in one of two ways.
+    """Rows of a raw Zarr v3 array, read from its chunk files in one of three ways.
 
-    Warm (rows in the page cache): copies out of memory maps of the chunk files, the fastest
-    way to read cached bytes (0.81-0.96x a numpy array in RAM here; docs/benchmarks.md).
-    Cold (rows on disk): a page fault on a map reads a large row in small synchronous pieces,
-    so the reader first tells the kernel every row of the batch (``POSIX_FADV_WILLNEED``,
-    which starts reading them all at once) and then ``pread``s each row straight into the
-    output, with no page faults and no mapped pages left behind. Which way is chosen per batch
-    from how long the last batch took (``prefetch="auto"``); ``"always"`` keeps the cold way,
-    ``"never"`` the maps.
+    ``prefetch`` picks it:
+
+    * ``"pages"``: every chunk file mapped back to back into one range (``_region``; where the
+      platform or chunk size does not allow it, one map per chunk), advised ``MADV_HUGEPAGE``
+      + ``MADV_RANDOM``, so a batch is one numpy fancy index. A cold row faults in its aligned
+      2 MiB blocks (one read each), which then stay cached as 2 MiB pages: the fastest cold
+      epoch and the fastest warm reads, when the page cache can keep the array.
+    * ``"rows"``: tells the kernel every row of the batch (``POSIX_FADV_WILLNEED``, which starts
+      reading them all at once), then ``pread``s each row into the output: exactly the row's
+      bytes, no page faults, nothing mapped. For arrays larger than memory.
+    * ``"never"``: plain memory maps, no hints (the format-1 reader; a reference).
+    * ``"auto"`` (default): ``"pages"`` if the array takes at most half of the memory available
+      now and the kernel accepts ``MADV_HUGEPAGE``; otherwise ``"rows"`` while batches come from
+      disk and plain maps while they come from the page cache, chosen per batch from how long
+      the last batches took.
     """
 
     def __init__(
@@ -85,6 +101,14 @@ class RawRows:
         self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         self.chunk_bytes = self.chunk_rows * self.row_bytes
         self.prefetch = prefetch
+        # "pages" and "never" are fixed; "rows" is fixed; "auto" starts as pages when it fits.
+        self._pages = prefetch == "pages" or (
+            prefetch == "auto" and self.shape[0] * self.row_bytes <= _pages_budget()
+        )
+        # The "pages" way maps every chunk file back to back (``_region``): the array is then
+        # one ndarray and a batch one numpy fancy index. ``None`` until first read.
+        self._array: np.ndarray | None = None
+        self._region: _region.MappedFiles | None = None
         self._max_open = max_open
         # chunk -> (plain ndarray view of its map, the mmap). ndarray indexing skips np.memmap's
         # per-access overhead. A map (and each cold-path file) holds a file descriptor, so at
@@ -98,7 +122,7 @@ class RawRows:
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_maps": {}, "_fds": {}}
+        return {**self.__dict__, "_maps": {}, "_fds": {}, "_array": None, "_region": None}
 
     def __del__(self) -> None:
         if getattr(self, "_pid", None) == os.getpid():
@@ -107,8 +131,14 @@ class RawRows:
 
     @property
     def open_maps(self) -> int:
-        """How many chunk files this process has mapped now (at most ``max_open``)."""
-        return len(self._maps)
+        """How many chunk files this process has mapped now (at most ``max_open`` one by one;
+        every chunk once the "pages" way has mapped the whole array)."""
+        whole = self._n_chunks if self._array is not None else 0
+        return len(self._maps) + whole
+
+    @property
+    def _n_chunks(self) -> int:
+        return -(-self.shape[0] // self.chunk_rows)
 
     @property
     def _views(self) -> dict[int, np.ndarray]:  # for bench/train_step.py, which counts maps
@@ -149,12 +179,35 @@ class RawRows:
         found = self._maps.get(chunk)
         return found[0] if found is not None else self._open(chunk)[0]
 
+    def _whole(self) -> np.ndarray | None:
+        """The "pages" way's one array over every chunk file, mapped back to back and advised
+        for 2 MiB pages; ``None`` where that cannot be done (then one map per chunk)."""
+        if self._array is not None or not self._pages:
+            return self._array
+        if not _region.available() or self.chunk_bytes % mmap.PAGESIZE:
+            return None
+        region = _region.MappedFiles(self._n_chunks, self.chunk_bytes)
+        for chunk in range(self._n_chunks):
+            fd = self._checked_fd(chunk)
+            try:
+                region.map_file(chunk, fd)
+            finally:
+                os.close(fd)
+        if not _advise_pages(region) and self.prefetch == "auto":
+            self._pages = False  # no 2 MiB pages here: read rows instead
+            return None
+        whole = region.ndarray(self.dtype, (self._n_chunks * self.chunk_rows, *self.shape[1:]))
+        self._array, self._region = whole[: self.shape[0]], region
+        return self._array
+
     def _open(self, chunk: int) -> tuple[np.ndarray, mmap.mmap]:
         fd = self._checked_fd(chunk)
         try:
             mm = mmap.mmap(fd, self.chunk_bytes, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
+        if self._pages and not _advise_pages(mm) and self.prefetch == "auto":
+            self._pages = False  # no 2 MiB pages here (kernel, platform): read rows instead
         view = np.frombuffer(mm, dtype=self.dtype).reshape(self.chunk_shape)
         if len(self._maps) >= self._max_open:
             del self._maps[next(iter(self._maps))]
@@ -162,15 +215,22 @@ class RawRows:
         return view, mm
 
     # -- choosing the way -----------------------------------------------------------------------
+    @property
+    def way(self) -> str:
+        """How the next batch will be read: ``"pages"``, ``"rows"`` or ``"maps"``."""
+        if self._pages:
+            return "pages"
+        return "rows" if self._reading_cold() else "maps"
+
     def _reading_cold(self) -> bool:
-        if not hasattr(os, "preadv"):  # no pread (Windows): maps only
+        if self._pages or not hasattr(os, "preadv"):  # no pread (Windows): maps only
             return False
-        return self.prefetch == "always" or (self.prefetch == "auto" and self._cold)
+        return self.prefetch == "rows" or (self.prefetch == "auto" and self._cold)
 
     def _observe(self, rows: int, nbytes: int, seconds: float) -> None:
         """One slow batch switches to the cold way; only a run of fast ones switches back, so
         a store partly in the page cache (most batches hold some rows from disk) stays cold."""
-        if self.prefetch != "auto":
+        if self.prefetch != "auto" or self._pages:
             return
         if seconds > rows * _COLD_SECONDS_PER_ROW + nbytes * _COLD_SECONDS_PER_BYTE:
             self._cold, self._fast_batches = True, 0
@@ -204,8 +264,12 @@ class RawRows:
 
     # -- access ---------------------------------------------------------------------------------
     def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop): a view when they lie in one chunk, else a copy."""
+        """Rows [start, stop): a view when they lie in one chunk (or the whole array is mapped),
+        else a copy."""
         self._fork_check()
+        whole = self._whole()
+        if whole is not None:
+            return whole[start:stop]
         cr = self.chunk_rows
         c0, c1 = start // cr, (max(stop, start + 1) - 1) // cr
         if c0 == c1:
@@ -228,6 +292,9 @@ class RawRows:
     def take(self, indices: np.ndarray) -> np.ndarray:
         """Rows at ``indices`` (any order, repeats allowed) as a new array."""
         self._fork_check()
+        whole = self._whole()
+        if whole is not None:
+            return whole[indices]
         out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
         rows = indices.tolist()
         t0 = time.perf_counter()
@@ -257,6 +324,66 @@ class RawRows:
             out = [np.array(self.rows(a, b)) for a, b in ranges]
         self._observe(len(out), sum(x.nbytes for x in out), time.perf_counter() - t0)
         return out
+
+
+def _pages_budget() -> int:
+    """Bytes an array may take to be read through 2 MiB pages: a share of the memory the
+    kernel reports available (page cache included), or of this process's cgroup memory limit
+    if that is smaller (a Slurm job or container is charged for its page cache); 0 where
+    neither is known."""
+    available = None
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    limits = [x for x in (available, cgroup_memory_limit()) if x is not None]
+    return int(min(limits) * _PAGES_MEMORY_SHARE) if limits else 0
+
+
+def cgroup_memory_limit(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """The smallest memory limit on this process's cgroup and its ancestors (cgroup v2
+    ``memory.max`` or v1 ``memory.limit_in_bytes``), or None if there is none."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    found: list[int] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            top, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            top, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        here = top / path.strip("/")
+        while True:
+            try:
+                value = (here / name).read_text().strip()
+            except OSError:
+                value = "max"
+            if value.isdigit() and int(value) < 1 << 60:  # v1 says "no limit" with ~2**63
+                found.append(int(value))
+            if here == top or top not in here.parents:
+                break
+            here = here.parent
+    return min(found) if found else None
+
+
+def _advise_pages(mm: mmap.mmap | _region.MappedFiles) -> bool:
+    """Ask for 2 MiB pages and no read-around on chunk maps; False if refused."""
+    try:
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    except (AttributeError, OSError):  # no THP on this platform or kernel
+        return False
+    mm.madvise(mmap.MADV_RANDOM)  # faults read their 2 MiB block only, not 8 MiB around it
+    return True
 
 
 class ZarrRows:
@@ -312,8 +439,8 @@ class Entry:
 
     ``entry[i]`` is row i; ``entry.gather(idx)`` a batch; ``entry.positions(ids)`` maps ids to rows.
     Ragged entries (``[T_i, ...]`` items) return arrays of varying length; ``gather_padded`` pads.
-    ``verify`` checks each block's CRC32C on first read; ``prefetch`` ("auto", "always",
-    "never") controls read-ahead hints for reads from disk.
+    ``verify`` checks each block's CRC32C on first read; ``prefetch`` ("auto", "pages", "rows",
+    "never") picks how rows are read from disk (``RawRows``).
     """
 
     def __init__(
