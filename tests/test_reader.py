@@ -163,6 +163,22 @@ def test_cgroup_memory_limit_v1_and_v2(tmp_path):
     assert cgroup_memory_limit(tmp_path / "missing", tmp_path / "fs") is None
 
 
+def test_pages_way_falls_back_to_a_map_per_chunk_when_the_range_cannot_be_mapped(
+    tokens_entry, monkeypatch
+):
+    from featstore import _region
+
+    def refuse(self, index, fd):
+        raise OSError(12, "Cannot allocate memory")  # as with vm.max_map_count exhausted
+
+    monkeypatch.setattr(_region.MappedFiles, "map_file", refuse)
+    entry = open_entry(str(tokens_entry.path), prefetch="pages")
+    rows = np.array([19, 0, 8, 8, 15])
+    want = open_entry(str(tokens_entry.path), prefetch="never").gather(rows)
+    np.testing.assert_array_equal(entry.gather(rows), want)
+    assert entry._rows._array is None and entry._rows.open_maps == 3  # chunks 0, 1, 2
+
+
 def _map_flags(entry) -> list[set[str]]:
     """VmFlags of the maps of the entry's chunk files this reader holds (/proc/self/smaps)."""
     raw = entry._rows

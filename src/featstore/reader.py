@@ -101,12 +101,13 @@ class RawRows:
         self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         self.chunk_bytes = self.chunk_rows * self.row_bytes
         self.prefetch = prefetch
-        # "pages" and "never" are fixed; "rows" is fixed; "auto" starts as pages when it fits.
+        # "auto" reads the "pages" way when the array fits in memory (``_pages_budget``).
         self._pages = prefetch == "pages" or (
             prefetch == "auto" and self.shape[0] * self.row_bytes <= _pages_budget()
         )
         # The "pages" way maps every chunk file back to back (``_region``): the array is then
         # one ndarray and a batch one numpy fancy index. ``None`` until first read.
+        self._whole_ok = _region.available() and self.chunk_bytes % mmap.PAGESIZE == 0
         self._array: np.ndarray | None = None
         self._region: _region.MappedFiles | None = None
         self._max_open = max_open
@@ -139,10 +140,6 @@ class RawRows:
     @property
     def _n_chunks(self) -> int:
         return -(-self.shape[0] // self.chunk_rows)
-
-    @property
-    def _views(self) -> dict[int, np.ndarray]:  # for bench/train_step.py, which counts maps
-        return {c: view for c, (view, _) in self._maps.items()}
 
     def chunk_path(self, chunk: int) -> Path:
         return chunk_file(self.dir, chunk, len(self.shape))
@@ -182,17 +179,19 @@ class RawRows:
     def _whole(self) -> np.ndarray | None:
         """The "pages" way's one array over every chunk file, mapped back to back and advised
         for 2 MiB pages; ``None`` where that cannot be done (then one map per chunk)."""
-        if self._array is not None or not self._pages:
+        if self._array is not None or not self._pages or not self._whole_ok:
             return self._array
-        if not _region.available() or self.chunk_bytes % mmap.PAGESIZE:
+        try:
+            region = _region.MappedFiles(self._n_chunks, self.chunk_bytes)
+            for chunk in range(self._n_chunks):
+                fd = self._checked_fd(chunk)
+                try:
+                    region.map_file(chunk, fd)
+                finally:
+                    os.close(fd)
+        except OSError:  # no room for the range or too many maps (vm.max_map_count)
+            self._whole_ok = False  # one map per chunk instead
             return None
-        region = _region.MappedFiles(self._n_chunks, self.chunk_bytes)
-        for chunk in range(self._n_chunks):
-            fd = self._checked_fd(chunk)
-            try:
-                region.map_file(chunk, fd)
-            finally:
-                os.close(fd)
         if not _advise_pages(region) and self.prefetch == "auto":
             self._pages = False  # no 2 MiB pages here: read rows instead
             return None
