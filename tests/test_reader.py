@@ -113,12 +113,19 @@ def test_every_read_way_returns_the_same_rows(tokens_entry, captions, store):
         ragged = open_entry(key, store, prefetch=mode)
         for a, b in zip(ragged.gather(items), want_items, strict=True):
             np.testing.assert_array_equal(a, b)
-    # chunks of a whole number of pages map back to back as one array; others one map each
-    assert ways["pages"]._rows._array is not None
-    values = ragged._rows
-    assert (values._array is None) == (values.chunk_bytes % mmap.PAGESIZE != 0)
+    # "pages" maps all chunk files into one range: one flat array when they leave no gaps (the
+    # tokens' 256 KiB chunks), else an array strided over the gaps (the ragged values' chunks)
+    tokens, values = ways["pages"]._rows, ragged._rows
+    assert tokens._flat is not None and tokens.open_maps == 3
+    assert values.chunk_bytes % mmap.PAGESIZE and values._chunks is not None
+    assert values._flat is None
+    for entry in ways.values():  # an empty batch is an empty array, every way
+        assert entry.gather([]).shape == (0, 256, 64)
     with pytest.raises(FeatstoreError, match="prefetch 'sometimes' unknown"):
         open_entry(str(tokens_entry.path), prefetch="sometimes")
+    with pytest.warns(FutureWarning, match='now called "rows"'):
+        renamed = open_entry(str(tokens_entry.path), prefetch="always")
+    assert renamed._rows.way == "rows"
 
 
 def test_pages_way_reads_the_entry_as_one_array(tokens_entry):
@@ -163,6 +170,29 @@ def test_cgroup_memory_limit_v1_and_v2(tmp_path):
     assert cgroup_memory_limit(tmp_path / "missing", tmp_path / "fs") is None
 
 
+def test_pages_way_with_chunks_of_no_whole_number_of_2mib(tmp_path):
+    """Chunks of 2.93 MiB: each starts on a 2 MiB boundary (so it can map as 2 MiB pages) and
+    the array is strided over the gaps; rows across a gap are a copy, never wrong."""
+    from featstore.reader import Entry
+    from featstore.writer import EntryWriter
+
+    n, cr = 2500, 1000
+    data = np.random.default_rng(0).standard_normal((n, 1536)).astype(np.float16)
+    writer = EntryWriter.create(tmp_path / "e", {"key": "e"}, np.arange(n), row_shape=(1536,),
+                                dtype="float16", ragged=False, chunk_rows=cr)  # fmt: skip
+    for unit in range(writer.n_chunks):
+        start, stop = writer.unit_rows(unit)
+        writer.commit(unit, data[start:stop])
+    writer.finalize({})
+    entry = Entry(tmp_path / "e", prefetch="pages")
+    rows = np.array([2499, 0, 999, 1000, 1999, 2000, 7, 7])
+    np.testing.assert_array_equal(entry.gather(rows), data[rows])
+    np.testing.assert_array_equal(entry._rows.rows(990, 2010), data[990:2010])
+    raw = entry._rows
+    assert raw._flat is None and raw._region.slot == 4 << 20
+    assert all((raw._view(c).ctypes.data % (2 << 20)) == 0 for c in range(3))
+
+
 def test_pages_way_falls_back_to_a_map_per_chunk_when_the_range_cannot_be_mapped(
     tokens_entry, monkeypatch
 ):
@@ -176,17 +206,16 @@ def test_pages_way_falls_back_to_a_map_per_chunk_when_the_range_cannot_be_mapped
     rows = np.array([19, 0, 8, 8, 15])
     want = open_entry(str(tokens_entry.path), prefetch="never").gather(rows)
     np.testing.assert_array_equal(entry.gather(rows), want)
-    assert entry._rows._array is None and entry._rows.open_maps == 3  # chunks 0, 1, 2
+    assert entry._rows._chunks is None and entry._rows.open_maps == 3  # chunks 0, 1, 2
 
 
 def _map_flags(entry) -> list[set[str]]:
     """VmFlags of the maps of the entry's chunk files this reader holds (/proc/self/smaps)."""
     raw = entry._rows
     spans = [(v.ctypes.data, v.ctypes.data + raw.chunk_bytes) for v, _ in raw._maps.values()]
-    if raw._array is not None:
-        spans.append(
-            (raw._array.ctypes.data, raw._array.ctypes.data + raw._n_chunks * raw.chunk_bytes)
-        )
+    if raw._region is not None:
+        spans.append((raw._region.base, raw._region.base + raw._region.size))
+
     flags, mine = [], False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         fields = line.split()

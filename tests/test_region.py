@@ -30,7 +30,8 @@ def test_files_read_as_one_array_that_outlives_its_owner(tmp_path):
     for i, fd in enumerate(_files(tmp_path, 3, size)):
         region.map_file(i, fd)
         os.close(fd)  # the map keeps the file
-    rows = region.ndarray(np.dtype(np.uint8), (6, mmap.PAGESIZE))  # rows span the files
+    assert region.contiguous  # small files: whole pages, back to back
+    rows = region.rows(np.dtype(np.uint8), 2, (mmap.PAGESIZE,)).reshape(6, -1)
     np.testing.assert_array_equal(rows[:, 0], [0, 0, 1, 1, 2, 2])
     tail = rows[3:]
     del region, rows
@@ -41,6 +42,18 @@ def test_files_read_as_one_array_that_outlives_its_owner(tmp_path):
         tail.flags.writeable = True  # the buffer itself is read-only
 
 
-def test_file_size_must_be_whole_pages():
-    with pytest.raises(ValueError, match="multiple of the page size"):
-        _region.MappedFiles(2, mmap.PAGESIZE + 1)
+def test_files_of_other_sizes_start_on_page_or_2mib_boundaries(tmp_path):
+    """A file of 2 MiB or more starts on a 2 MiB boundary (its pages can map as 2 MiB pages),
+    a smaller one on a page boundary; the rows array is strided over the gaps."""
+    big = _region.MappedFiles(2, (2 << 20) + 4096)
+    assert big.slot == 4 << 20 and not big.contiguous
+    small = _region.MappedFiles(3, 1000)
+    assert small.slot == mmap.PAGESIZE and not small.contiguous
+    for i, fd in enumerate(_files(tmp_path, 3, 1000)):
+        small.map_file(i, fd)
+        os.close(fd)
+    rows = small.rows(np.dtype(np.uint8), 10, (100,))
+    assert rows.shape == (3, 10, 100) and rows.strides[0] == mmap.PAGESIZE
+    np.testing.assert_array_equal(rows[:, 9, 99], [0, 1, 2])
+    with pytest.raises(ValueError, match="exceed"):
+        small.rows(np.dtype(np.uint8), 11, (100,))

@@ -46,17 +46,21 @@ def _failed(address: int | None) -> bool:
 
 
 class MappedFiles:
-    """``n_files`` files of ``file_bytes`` each, read-only, at ``base + i * file_bytes``.
+    """``n_files`` files of ``file_bytes`` each, read-only, file ``i`` at ``base + i * slot``.
 
     The range is reserved (no access, no memory) when created; ``map_file`` places each file
-    in its slot. Arrays from ``ndarray`` keep this object, and so the maps, alive.
+    in its slot. A slot is the file's size when that is a multiple of 2 MiB (the files then
+    follow each other without gaps), else the size rounded up to 2 MiB, so that every file
+    starts on a 2 MiB boundary and its page-cache folios can map as 2 MiB pages (files under
+    2 MiB are rounded to whole pages instead: they cannot use 2 MiB pages anyway). Arrays from
+    ``rows`` keep this object, and so the maps, alive.
     """
 
     def __init__(self, n_files: int, file_bytes: int):
-        if file_bytes % mmap.PAGESIZE:
-            raise ValueError(f"file size {file_bytes} is not a multiple of the page size")
         self.n_files, self.file_bytes = n_files, file_bytes
-        self.size = n_files * file_bytes
+        unit = HUGE_PAGE if file_bytes >= HUGE_PAGE else mmap.PAGESIZE
+        self.slot = -(-file_bytes // unit) * unit
+        self.size = n_files * self.slot
         self._reserved = self.size + HUGE_PAGE
         lib = _lib()
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
@@ -67,9 +71,14 @@ class MappedFiles:
         self._pid = os.getpid()
         self.base = -(-addr // HUGE_PAGE) * HUGE_PAGE
 
+    @property
+    def contiguous(self) -> bool:
+        """Whether the files follow each other without gaps (one flat array of rows)."""
+        return self.slot == self.file_bytes
+
     def map_file(self, index: int, fd: int) -> None:
         """Map the whole file ``fd`` (exactly ``file_bytes`` long) into slot ``index``."""
-        want = self.base + index * self.file_bytes
+        want = self.base + index * self.slot
         flags = mmap.MAP_SHARED | _MAP_FIXED
         got = _lib().mmap(want, self.file_bytes, mmap.PROT_READ, flags, fd, 0)
         if _failed(got) or got != want:
@@ -80,14 +89,25 @@ class MappedFiles:
         if _lib().madvise(self.base, self.size, advice) != 0:
             raise OSError(ctypes.get_errno(), f"madvise({advice}) refused")
 
-    def ndarray(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        """The range as an array of ``shape`` (at most ``size`` bytes), keeping this alive."""
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        buffer = (ctypes.c_char * nbytes).from_address(self.base)
+    def rows(self, dtype: np.dtype, rows_per_file: int, row_shape: tuple[int, ...]) -> np.ndarray:
+        """The files as a read-only ``[n_files, rows_per_file, *row_shape]`` array (strided
+        over the gaps between slots), keeping this object alive."""
+        dtype = np.dtype(dtype)
+        row_bytes = int(np.prod(row_shape)) * dtype.itemsize
+        if rows_per_file * row_bytes > self.file_bytes:
+            raise ValueError(f"{rows_per_file} rows of {row_bytes} bytes exceed {self.file_bytes}")
+        span = max(self.size - self.slot + rows_per_file * row_bytes, 0)
+        buffer = (ctypes.c_char * span).from_address(self.base)
         buffer._owner = self  # arrays hold ``buffer`` (through the view): no unmap while they live
         # A read-only buffer, so numpy refuses writes (the maps are PROT_READ: a segfault).
-        view = memoryview(buffer).toreadonly()
-        return np.frombuffer(view, dtype=dtype).reshape(shape)
+        flat = np.frombuffer(memoryview(buffer).toreadonly(), dtype=np.uint8)
+        inner = np.empty(row_shape, dtype).strides  # C order within a row
+        return np.lib.stride_tricks.as_strided(
+            flat.view(dtype),  # span: whole pages plus whole rows, so whole items
+            shape=(self.n_files, rows_per_file, *row_shape),
+            strides=(self.slot, row_bytes, *inner),
+            writeable=False,
+        )
 
     def __del__(self) -> None:
         if getattr(self, "_pid", None) == os.getpid():  # a forked child's copy is its own

@@ -26,6 +26,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,24 +74,28 @@ class RawRows:
 
     ``prefetch`` picks it:
 
-    * ``"pages"``: every chunk file mapped back to back into one range (``_region``; where the
-      platform or chunk size does not allow it, one map per chunk), advised ``MADV_HUGEPAGE``
-      + ``MADV_RANDOM``, so a batch is one numpy fancy index. A cold row faults in its aligned
-      2 MiB blocks (one read each), which then stay cached as 2 MiB pages: the fastest cold
-      epoch and the fastest warm reads, when the page cache can keep the array.
+    * ``"pages"``: every chunk file mapped into one range, each chunk of 2 MiB or more on a
+      2 MiB boundary (``_region``; where the platform does not allow it, one map per chunk),
+      advised ``MADV_HUGEPAGE`` + ``MADV_RANDOM``, so a batch is one numpy fancy index. A cold
+      row faults in its aligned 2 MiB blocks (one read each), which then stay cached as 2 MiB
+      pages: the fastest cold epoch and the fastest warm reads, when the page cache can keep
+      the array.
     * ``"rows"``: tells the kernel every row of the batch (``POSIX_FADV_WILLNEED``, which starts
       reading them all at once), then ``pread``s each row into the output: exactly the row's
       bytes, no page faults, nothing mapped. For arrays larger than memory.
     * ``"never"``: plain memory maps, no hints (the format-1 reader; a reference).
     * ``"auto"`` (default): ``"pages"`` if the array takes at most half of the memory available
-      now and the kernel accepts ``MADV_HUGEPAGE``; otherwise ``"rows"`` while batches come from
-      disk and plain maps while they come from the page cache, chosen per batch from how long
-      the last batches took.
+      now (or of the cgroup memory limit) and the kernel accepts ``MADV_HUGEPAGE``; otherwise
+      ``"rows"`` while batches come from disk and plain maps while they come from the page
+      cache, chosen per batch from how long the last batches took.
     """
 
     def __init__(
         self, array_dir: Path, meta: dict[str, Any], max_open: int = 256, prefetch: str = "auto"
     ):
+        if prefetch == "always":  # its name before "pages" existed
+            warnings.warn('prefetch="always" is now called "rows"', FutureWarning, stacklevel=3)
+            prefetch = "rows"
         if prefetch not in PREFETCH_MODES:
             raise FeatstoreError(f"prefetch {prefetch!r} unknown; use {', '.join(PREFETCH_MODES)}")
         self.dir = array_dir
@@ -107,8 +112,9 @@ class RawRows:
         )
         # The "pages" way maps every chunk file back to back (``_region``): the array is then
         # one ndarray and a batch one numpy fancy index. ``None`` until first read.
-        self._whole_ok = _region.available() and self.chunk_bytes % mmap.PAGESIZE == 0
-        self._array: np.ndarray | None = None
+        self._whole_ok = _region.available()
+        self._chunks: np.ndarray | None = None  # [n_chunks, chunk_rows, ...] over the maps
+        self._flat: np.ndarray | None = None  # [rows, ...] when the chunks leave no gaps
         self._region: _region.MappedFiles | None = None
         self._max_open = max_open
         # chunk -> (plain ndarray view of its map, the mmap). ndarray indexing skips np.memmap's
@@ -123,7 +129,8 @@ class RawRows:
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_maps": {}, "_fds": {}, "_array": None, "_region": None}
+        gone = {"_maps": {}, "_fds": {}, "_chunks": None, "_flat": None, "_region": None}
+        return {**self.__dict__, **gone}
 
     def __del__(self) -> None:
         if getattr(self, "_pid", None) == os.getpid():
@@ -134,7 +141,7 @@ class RawRows:
     def open_maps(self) -> int:
         """How many chunk files this process has mapped now (at most ``max_open`` one by one;
         every chunk once the "pages" way has mapped the whole array)."""
-        whole = self._n_chunks if self._array is not None else 0
+        whole = self._n_chunks if self._chunks is not None else 0
         return len(self._maps) + whole
 
     @property
@@ -173,14 +180,19 @@ class RawRows:
         return fd
 
     def _view(self, chunk: int) -> np.ndarray:
+        if self._chunks is not None:
+            return self._chunks[chunk]
         found = self._maps.get(chunk)
         return found[0] if found is not None else self._open(chunk)[0]
 
-    def _whole(self) -> np.ndarray | None:
-        """The "pages" way's one array over every chunk file, mapped back to back and advised
-        for 2 MiB pages; ``None`` where that cannot be done (then one map per chunk)."""
-        if self._array is not None or not self._pages or not self._whole_ok:
-            return self._array
+    def _whole(self) -> bool:
+        """Map every chunk file into one range for the "pages" way (``_chunks``, and ``_flat``
+        when the chunks leave no gaps), advised for 2 MiB pages. False where that cannot be
+        done: then one map per chunk, or (under "auto", if 2 MiB pages are refused) rows."""
+        if self._chunks is not None:
+            return True
+        if not self._pages or not self._whole_ok:
+            return False
         try:
             region = _region.MappedFiles(self._n_chunks, self.chunk_bytes)
             for chunk in range(self._n_chunks):
@@ -191,13 +203,15 @@ class RawRows:
                     os.close(fd)
         except OSError:  # no room for the range or too many maps (vm.max_map_count)
             self._whole_ok = False  # one map per chunk instead
-            return None
+            return False
         if not _advise_pages(region) and self.prefetch == "auto":
             self._pages = False  # no 2 MiB pages here: read rows instead
-            return None
-        whole = region.ndarray(self.dtype, (self._n_chunks * self.chunk_rows, *self.shape[1:]))
-        self._array, self._region = whole[: self.shape[0]], region
-        return self._array
+            return False
+        self._chunks = region.rows(self.dtype, self.chunk_rows, self.shape[1:])
+        if region.contiguous:
+            self._flat = self._chunks.reshape(-1, *self.shape[1:])[: self.shape[0]]
+        self._region = region
+        return True
 
     def _open(self, chunk: int) -> tuple[np.ndarray, mmap.mmap]:
         fd = self._checked_fd(chunk)
@@ -266,9 +280,8 @@ class RawRows:
         """Rows [start, stop): a view when they lie in one chunk (or the whole array is mapped),
         else a copy."""
         self._fork_check()
-        whole = self._whole()
-        if whole is not None:
-            return whole[start:stop]
+        if self._whole() and self._flat is not None:
+            return self._flat[start:stop]
         cr = self.chunk_rows
         c0, c1 = start // cr, (max(stop, start + 1) - 1) // cr
         if c0 == c1:
@@ -291,14 +304,15 @@ class RawRows:
     def take(self, indices: np.ndarray) -> np.ndarray:
         """Rows at ``indices`` (any order, repeats allowed) as a new array."""
         self._fork_check()
-        whole = self._whole()
-        if whole is not None:
-            return whole[indices]
+        if self._whole():
+            if self._flat is not None:
+                return self._flat[indices]
+            return self._chunks[indices // self.chunk_rows, indices % self.chunk_rows]
         out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
         rows = indices.tolist()
         t0 = time.perf_counter()
         if self._reading_cold():
-            flat = out.reshape(len(rows), -1).view(np.uint8)
+            flat = out.reshape(len(rows), out[0].size if len(rows) else 0).view(np.uint8)
             self._pread_into(list(flat), [self._segments(i, i + 1) for i in rows])
         else:
             cr, maps = self.chunk_rows, self._maps
