@@ -486,11 +486,11 @@ def resident_fraction(files: list[Path]) -> float:
 class ChunkPread:
     """(ref) ``os.pread`` of each row from the entry's chunk files into the output."""
 
-    def __init__(self, entry: Entry):
+    def __init__(self, entry: Entry, flags: int = os.O_RDONLY):
         raw = entry._rows
         self.cr, self.row_bytes, self.shape, self.dtype = (raw.chunk_rows, raw.row_bytes,
                                                            raw.shape, raw.dtype)  # fmt: skip
-        self.fds = [os.open(raw.chunk_path(c), os.O_RDONLY)
+        self.fds = [os.open(raw.chunk_path(c), flags)
                     for c in range(-(-raw.shape[0] // raw.chunk_rows))]  # fmt: skip
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
@@ -501,19 +501,14 @@ class ChunkPread:
         return out
 
 
-class DirectPread:
+class DirectPread(ChunkPread):
     """(ref) The device's ceiling for these bytes: ``O_DIRECT`` reads of exactly each row, all
     in flight at once (one thread per row; ``preadv`` releases the GIL), into a page-aligned
     buffer, bypassing the page cache (no copy, no read-ahead). Row offsets are multiples of
     4 KiB here."""
 
     def __init__(self, entry: Entry):
-        raw = entry._rows
-        self.cr, self.row_bytes, self.shape, self.dtype = (raw.chunk_rows, raw.row_bytes,
-                                                           raw.shape, raw.dtype)  # fmt: skip
-        flags = os.O_RDONLY | getattr(os, "O_DIRECT", 0)
-        self.fds = [os.open(raw.chunk_path(c), flags)
-                    for c in range(-(-raw.shape[0] // raw.chunk_rows))]  # fmt: skip
+        super().__init__(entry, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
         self.buf = mmap.mmap(-1, 64 * self.row_bytes)  # page-aligned
         self.pool = ThreadPoolExecutor(64)
 
